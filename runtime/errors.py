@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Every error a user can cause derives from `DsaError`. The CLI prints `str(err)` on one line (no
+traceback) and exits with status 2. Messages name the problem and the fix.
+"""
+
+
+class DsaError(Exception):
+    """A problem the user can fix (bad flag, bad file, unsupported layout...)."""
+
+
+class ConfigError(DsaError):
+    """A model config.json or a device profile is missing, malformed or contradictory."""
+
+
+class ProfileError(ConfigError):
+    """A device profile file is invalid or names something unknown."""
+
+
+class NoProviderError(DsaError):
+    """No provider of a HAL op can run here; the message lists every provider and why it was rejected."""
+
+
+class InputError(DsaError):
+    """A request is invalid (prompt too long, bad sampling value, ...)."""

@@ -1,0 +1,44 @@
+"""HAL op `sparse_mla_decode`: sparse MLA over a paged latent cache (bf16 or packed fp8)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from runtime.ops._library import hal_op
+
+
+def _fake(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tensor, indices: Tensor, sm_scale: float, d_v: int, provider: str):
+    B, s_q, H, _ = q.shape
+    dt = q.dtype
+    return q.new_empty((B, s_q, H, d_v), dtype=dt), q.new_empty((B, s_q, H), dtype=torch.float32)
+
+
+@hal_op(_fake)
+def sparse_mla_decode(
+    q: Tensor,
+    kv_cache: Tensor,
+    block_table: Tensor,
+    seq_lens: Tensor,
+    indices: Tensor,
+    sm_scale: float,
+    d_v: int,
+    provider: str,
+) -> tuple[Tensor, Tensor]:
+    """Sparse attention for decode steps, reading keys straight from the paged latent cache.
+
+    q            [B, s_q, H, Dqk]  bf16 / fp32 (s_q query tokens per sequence, usually 1)
+    kv_cache     [num_blocks, page, 1, Dqk] bf16 / fp32, or
+                 [num_blocks, page, 1, P] uint8 in the packed fp8 token layout of
+                 `runtime.ops.kv_format` (P = 656 for 671B); the cache's dtype says which
+    block_table  [B, max_blocks] int32: logical page j of sequence b lives in block block_table[b, j]
+    seq_lens     [B] int32: number of valid cached tokens of each sequence
+    indices      [B, s_q, K] int32 LOGICAL token positions within the sequence (0 <= p < seq_lens[b]);
+                 -1 (or any position outside [0, seq_lens[b])) = skip. Distinct within a row.
+    sm_scale, d_v  as in sparse_mla_prefill
+
+    The token at logical position p of sequence b is kv_cache[block_table[b, p // page], p % page, 0]
+    (dequantised first when packed fp8). Then the same formulas as sparse_mla_prefill:
+    out [B, s_q, H, d_v] in q.dtype, lse [B, s_q, H] fp32 (natural log), out 0 / lse +inf for a row
+    with no valid index.
+    """
+    raise NotImplementedError
