@@ -1,0 +1,100 @@
+"""From `--device` and `--model` to a ready engine: resolve the model, plan, build, fill weights.
+
+Model sources:
+  (none)                 the built-in tiny model (configs/models/tiny) with seeded random weights
+  NAME                   a config shipped in configs/models/NAME (random weights)
+  path/to/config.json    that config (random weights)
+  DIR with config.json   that config; if DIR holds *.safetensors they are the weights
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from model.config import ModelConfig
+from runtime import CONFIG_DIR
+from runtime.errors import DsaError
+
+BUILTIN_MODEL = "tiny"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    config: ModelConfig
+    checkpoint_dir: Optional[Path]  # None = seeded random weights
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint_dir is None
+
+
+def builtin_models() -> list[str]:
+    return sorted(p.parent.name for p in (CONFIG_DIR / "models").glob("*/config.json"))
+
+
+def resolve_model(arg: Optional[str]) -> ModelSource:
+    if arg is None:
+        arg = BUILTIN_MODEL
+    path = Path(arg).expanduser()
+    if path.is_file():
+        return ModelSource(path.stem, ModelConfig.from_file(path), None)
+    if path.is_dir():
+        config = ModelConfig.from_file(path)
+        has_weights = any(path.glob("*.safetensors"))
+        return ModelSource(path.name, config, path if has_weights else None)
+    shipped = CONFIG_DIR / "models" / arg / "config.json"
+    if "/" not in arg and shipped.is_file():
+        return ModelSource(arg, ModelConfig.from_file(shipped), None)
+    raise DsaError(
+        f"model {arg!r} not found: give a checkpoint directory, a config.json, or a built-in model name "
+        f"({', '.join(builtin_models())})"
+    )
+
+
+def _available_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def check_random_weights_fit(source: ModelSource, bytes_per_param: int = 2) -> None:
+    from model.weights import hf_tensor_specs
+
+    numel = 0
+    for shape, _dtype in hf_tensor_specs(source.config, fp8=False).values():
+        n = 1
+        for d in shape:
+            n *= d
+        numel += n
+    need = numel * bytes_per_param
+    if need > _available_memory_bytes() // 2:
+        raise DsaError(
+            f"random weights for model {source.name!r} need {need / 2**30:.1f} GiB, more than half of the "
+            f"{_available_memory_bytes() / 2**30:.1f} GiB free here; use the built-in model ({BUILTIN_MODEL}) "
+            "or a real checkpoint on hardware that holds it (see `dsa plan`)"
+        )
+
+
+def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtype: str, indexer_fp8: bool = True,
+                seed: int = 0):
+    """The shared graph with weights: seeded random for configs, the checkpoint for directories."""
+    from model.transformer import DeepseekV32
+    from model.weights import random_checkpoint
+
+    if not source.random_weights:
+        raise DsaError(
+            f"{source.checkpoint_dir}: loading safetensors checkpoints is not available yet in this version "
+            "(tracked as the 'Real checkpoints' issue); pass a config.json or a built-in model name instead"
+        )
+    check_random_weights_fit(source)
+    with torch.device("cpu"):
+        model = DeepseekV32(source.config, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8)
+    model.load_hf_state_dict(random_checkpoint(source.config, seed, fp8=False, dtype=dtype))
+    return model.eval()

@@ -1,0 +1,181 @@
+"""`dsa`: run | plan | devices. A thin layer over runtime.profile / plan / build / engine.
+
+User errors (`DsaError`) print one line `error: ...` on stderr, no traceback, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from runtime.errors import DsaError, InputError
+
+DEFAULT_PROMPT = "DeepSeek Sparse Attention reads only the tokens that matter:"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 2 with a one-line message like every other user error."""
+
+    def error(self, message):  # noqa: D401
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_layout_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tp", type=int, help="tensor-parallel degree (overrides the profile)")
+    p.add_argument("--ep", type=int, help="expert-parallel degree (overrides the profile)")
+    p.add_argument("--dp", dest="dp_attention", type=int, help="DP-attention degree (overrides the profile)")
+    p.add_argument("--nodes", type=int, help="number of nodes (overrides the profile)")
+    p.add_argument("--kv-cache-dtype", choices=("bf16", "fp8"), help="latent cache format (overrides the profile)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dsa", description="DeepSeek-V3.2 (sparse attention) on any hardware")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log provider choices and fallbacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="generate text")
+    run.add_argument("--device", required=True, help="device profile name (see `dsa devices`) or a .yaml path")
+    run.add_argument("--model", help="checkpoint dir, config.json, or built-in model name (default: tiny)")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help=f"prompt text (default: {DEFAULT_PROMPT!r})")
+    src.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
+    src.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
+    run.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most (default 200)")
+    run.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
+    run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
+    run.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    run.add_argument("--weights-seed", type=int, default=0, help="seed of the random weights of config-only models")
+    run.add_argument("--max-seq-len", type=int, help="context limit (default: the model's max_position_embeddings)")
+    _add_layout_flags(run)
+
+    plan = sub.add_parser("plan", help="show the provider of each op, the layout and the memory estimate")
+    plan.add_argument("--device", required=True, help="device profile name or a .yaml path")
+    plan.add_argument("--model", help="checkpoint dir, config.json, or built-in model name (default: tiny)")
+    _add_layout_flags(plan)
+
+    sub.add_parser("devices", help="list the device profiles and which one matches this machine")
+    return parser
+
+
+def _plan(args):
+    from runtime.build import resolve_model
+    from runtime.plan import make_plan
+    from runtime.profile import load_profile
+
+    profile = load_profile(args.device)
+    source = resolve_model(args.model)
+    plan = make_plan(profile, source.config, tp=args.tp, ep=args.ep, dp_attention=args.dp_attention,
+                     nodes=args.nodes, kv_cache_dtype=args.kv_cache_dtype)
+    return profile, source, plan
+
+
+def cmd_plan(args) -> int:
+    _profile, source, plan = _plan(args)
+    print(f"model: {source.name}")
+    print(plan.describe())
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from runtime.detect import detect, matching_profiles
+    from runtime.profile import list_profiles, load_profile
+
+    hw = detect()
+    names = list_profiles()
+    profiles = [load_profile(n) for n in names]
+    matches = set(matching_profiles(hw, profiles))
+    print(f"this machine: {hw.platform}/{hw.arch} {hw.name} x{hw.device_count}")
+    rows = [("profile", "platform/arch", "memory", "devices", "description", "")]
+    for p in profiles:
+        rows.append((p.name, f"{p.platform}/{p.arch}", f"{p.memory_gb:g} GB", f"{p.devices_per_node}",
+                     p.description, "<- matches this machine" if p.name in matches else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + ("  " + r[5] if r[5] else ""))
+    return 0
+
+
+def _read_prompt(args) -> str:
+    if args.prompt_file is not None:
+        try:
+            return args.prompt_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"prompt file {args.prompt_file} not found") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read prompt file {args.prompt_file}: {err}") from None
+    return DEFAULT_PROMPT if args.prompt is None else args.prompt
+
+
+def cmd_run(args) -> int:
+    from runtime.build import DTYPES, build_model
+    from runtime.detect import detect
+    from runtime.engine import Engine, SamplingParams
+    from runtime.tokenizer import ByteTokenizer
+
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                            seed=args.seed)  # validate before any heavy work
+    prompt = None if args.interactive else _read_prompt(args)
+    profile, source, plan = _plan(args)
+    plan.check_runnable(detect())
+    if plan.world_size != 1:
+        raise DsaError(
+            f"profile {profile.name} lays the model over {plan.world_size} devices (tp/dp/ep); multi-device runs are "
+            "not available in this version - pass --tp 1 --dp 1 --ep 1 --nodes 1 for a single device"
+        )
+    if args.max_seq_len is not None and not 1 < args.max_seq_len <= source.config.max_position_embeddings:
+        raise InputError(f"--max-seq-len must be in [2, {source.config.max_position_embeddings}], got {args.max_seq_len}")
+    dtype = DTYPES[plan.dtype]
+    model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed)
+    tokenizer = ByteTokenizer()
+    engine = Engine(model, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
+                    max_seq_len=args.max_seq_len, eos_token_ids=(source.config.eos_token_id,))
+    print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
+          f"{profile.name}: " + ", ".join(f"{op}={p}" for op, p in plan.opset().providers().items()), file=sys.stderr)
+
+    def answer(text: str) -> None:
+        ids = tokenizer.encode(text)
+        stream = tokenizer.stream_decoder()
+        sys.stdout.write(text)
+        for token in engine.generate(ids, params):
+            sys.stdout.write(stream.push(token))
+            sys.stdout.flush()
+        sys.stdout.write(stream.flush() + "\n")
+        print(f"[{engine.last_stats.summary()}]", flush=True)
+
+    if not args.interactive:
+        answer(prompt)
+        return 0
+    for line in sys.stdin:
+        line = line.rstrip("\n")
+        if line.strip() in ("exit", "quit"):
+            break
+        if line.strip():
+            try:
+                answer(line)
+            except InputError as err:  # a bad prompt must not end the session
+                print(f"error: {err}", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[dsa] %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except DsaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Sampling parameters, the sampler, and the byte tokenizer."""
+import math
+
+import pytest
+import torch
+
+from runtime.engine import SamplingParams, sample
+from runtime.errors import InputError
+from runtime.tokenizer import ByteTokenizer
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(temperature=-0.1), "temperature"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(temperature=float("inf")), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(max_new_tokens=2.5), "max_new_tokens"),
+    ],
+)
+def test_invalid_sampling_values_are_rejected(kwargs, word):
+    with pytest.raises(InputError, match=word):
+        SamplingParams(**kwargs)
+
+
+def test_greedy_is_argmax():
+    logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
+    assert sample(logits, SamplingParams(temperature=0), None) == 1
+
+
+def test_tiny_top_p_keeps_only_the_best_token():
+    logits = torch.tensor([1.0, 1.5, 0.5, 1.4])
+    g = torch.Generator().manual_seed(0)
+    params = SamplingParams(temperature=1.0, top_p=1e-6)
+    assert {sample(logits, params, g) for _ in range(50)} == {1}
+
+
+def test_top_p_cuts_the_tail():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    params = SamplingParams(temperature=1.0, top_p=0.8)  # keeps 0 and 1 (0.5 + 0.3 reaches 0.8)
+    g = torch.Generator().manual_seed(1)
+    seen = {sample(probs.log(), params, g) for _ in range(400)}
+    assert seen == {0, 1}
+
+
+def test_sampling_follows_the_distribution_and_is_seeded():
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    params = SamplingParams(temperature=1.0, seed=7)
+    g = torch.Generator().manual_seed(7)
+    n = 4000
+    counts = torch.bincount(torch.tensor([sample(probs.log(), params, g) for _ in range(n)]), minlength=4)
+    freq = counts.double() / n
+    # 5 standard deviations of a binomial proportion: fails only if the sampler is wrong
+    tol = 5 * torch.sqrt(probs.double() * (1 - probs.double()) / n)
+    assert torch.all((freq - probs.double()).abs() <= tol), (freq, probs)
+    g2 = torch.Generator().manual_seed(7)
+    again = torch.bincount(torch.tensor([sample(probs.log(), params, g2) for _ in range(n)]), minlength=4)
+    assert torch.equal(counts, again)
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([1.0, 0.0])
+    g = torch.Generator().manual_seed(3)
+    cold = sum(sample(logits, SamplingParams(temperature=0.1), g) == 0 for _ in range(300))
+    warm = sum(sample(logits, SamplingParams(temperature=2.0), g) == 0 for _ in range(300))
+    # p(0) = 0.99995 at T=0.1 and 0.62 at T=2
+    assert cold >= 298 and warm < 250
+    assert math.isclose(torch.softmax(logits / 2.0, -1)[0].item(), 0.6225, abs_tol=1e-3)
+
+
+def test_byte_tokenizer_round_trips_and_streams():
+    tok = ByteTokenizer()
+    text = "Sparse attention: 注意力 ✓"
+    ids = tok.encode(text)
+    assert ids[0] == tok.bos_token_id and max(ids) < tok.vocab_size
+    assert tok.decode(ids) == text
+    stream = tok.stream_decoder()
+    assert "".join(stream.push(i) for i in ids) + stream.flush() == text
