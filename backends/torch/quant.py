@@ -5,17 +5,10 @@ import torch
 from torch import Tensor
 
 from backends.torch.blocks import dequant_rows, dequant_tiles
-from runtime.ops._library import FP8_E4M3_MAX, SCALE_FLOOR, num_blocks
+from runtime.ops._library import FP8_E4M3_MAX, SCALE_FLOOR, num_blocks, pow2_ceil
 
 # fp32 elements of one dequantised weight slice in fp8_linear (~64 MiB), bounding peak memory.
 _WEIGHT_CHUNK_ELEMS = 16 * 1024 * 1024
-
-
-def _pow2_ceil(s: Tensor) -> Tensor:
-    """2 ** ceil(log2(s)) exactly, for positive finite fp32 s (frexp avoids log2 rounding)."""
-    mantissa, exponent = torch.frexp(s)  # s = mantissa * 2**exponent, mantissa in [0.5, 1)
-    exponent = torch.where(mantissa == 0.5, exponent - 1, exponent)  # s already a power of two
-    return torch.ldexp(torch.ones_like(s), exponent)
 
 
 def act_quant(x: Tensor, block_size: int, ue8m0: bool) -> tuple[Tensor, Tensor]:
@@ -34,7 +27,7 @@ def act_quant(x: Tensor, block_size: int, ue8m0: bool) -> tuple[Tensor, Tensor]:
     amax = xb.abs().amax(dim=-1).clamp_min(SCALE_FLOOR)  # [..., nb]
     scale = amax / FP8_E4M3_MAX
     if ue8m0:
-        scale = _pow2_ceil(scale)
+        scale = pow2_ceil(scale)
     y = (xb / scale.unsqueeze(-1)).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX)
     y = y.reshape(*lead, nb * block_size)[..., :K].to(torch.float8_e4m3fn)
     return y, scale

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from runtime.ops._library import FP8_E4M3_MAX, SCALE_FLOOR
+from runtime.ops._library import FP8_E4M3_MAX, SCALE_FLOOR, pow2_ceil
 
 GROUP = 128
 
@@ -33,7 +33,7 @@ def pack(latent: Tensor, d_v: int) -> Tensor:
     nb = packed_bytes(d_v, rope_dim)  # validates d_v
     c = latent[..., :d_v].float().reshape(*lead, d_v // GROUP, GROUP)
     amax = c.abs().amax(-1).clamp_min(SCALE_FLOOR)
-    scale = torch.exp2(torch.ceil(torch.log2(amax / FP8_E4M3_MAX)))  # [..., d_v/128]
+    scale = pow2_ceil(amax / FP8_E4M3_MAX)  # [..., d_v/128]
     q = (c / scale.unsqueeze(-1)).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     out = torch.empty(*lead, nb, dtype=torch.uint8, device=latent.device)
     out[..., :d_v] = q.reshape(*lead, d_v).view(torch.uint8)
