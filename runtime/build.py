@@ -95,6 +95,7 @@ def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtyp
         )
     check_random_weights_fit(source)
     with torch.device("cpu"):
-        model = DeepseekV32(source.config, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8)
+        model = DeepseekV32(source.config, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8,
+                            fp8_weights=False)  # random weights are generated unquantised
     model.load_hf_state_dict(random_checkpoint(source.config, seed, fp8=False, dtype=dtype))
     return model.eval()

@@ -97,6 +97,11 @@ def cmd_devices(args) -> int:
     return 0
 
 
+def printable(text: str) -> str:
+    """Shield the terminal from control characters (random weights emit arbitrary bytes)."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "\ufffd" for c in text)
+
+
 def _read_prompt(args) -> str:
     if args.prompt_file is not None:
         try:
@@ -132,16 +137,16 @@ def cmd_run(args) -> int:
     engine = Engine(model, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
                     max_seq_len=args.max_seq_len, eos_token_ids=(source.config.eos_token_id,))
     print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
-          f"{profile.name}: " + ", ".join(f"{op}={p}" for op, p in plan.opset().providers().items()), file=sys.stderr)
+          f"{profile.name}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()), file=sys.stderr, flush=True)
 
     def answer(text: str) -> None:
         ids = tokenizer.encode(text)
         stream = tokenizer.stream_decoder()
         sys.stdout.write(text)
         for token in engine.generate(ids, params):
-            sys.stdout.write(stream.push(token))
+            sys.stdout.write(printable(stream.push(token)))
             sys.stdout.flush()
-        sys.stdout.write(stream.flush() + "\n")
+        sys.stdout.write(printable(stream.flush()) + "\n")
         print(f"[{engine.last_stats.summary()}]", flush=True)
 
     if not args.interactive:

@@ -1,4 +1,4 @@
-"""indexer_topk in plain PyTorch: chunked lightning-indexer scores, then torch.topk."""
+"""indexer_topk in plain PyTorch: chunked lightning-indexer scores, then a stable descending sort."""
 from __future__ import annotations
 
 import torch
@@ -48,7 +48,10 @@ def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts:
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         sc = scores(q[t0:t1], weights[t0:t1], kf, k_scale, starts[t0:t1], ends[t0:t1])  # [Tc, S]
-        vals, idx = torch.topk(sc, kk, dim=1, largest=True, sorted=True)  # valid (finite) first
+        # Equal scores go to the lower position (a stable sort), so prefill and decode - which see
+        # different numbers of keys - pick the same set: ReLU makes exact ties at 0 common.
+        vals, idx = torch.sort(sc, dim=1, descending=True, stable=True)
+        vals, idx = vals[:, :kk], idx[:, :kk]  # valid (finite) first
         idx = idx.masked_fill_(vals == float("-inf"), -1)
         out[t0:t1, :kk] = idx.to(torch.int32)
     return out
