@@ -116,7 +116,7 @@ def _read_prompt(args) -> str:
 def cmd_run(args) -> int:
     from runtime.build import DTYPES, build_model
     from runtime.detect import detect
-    from runtime.engine import Engine, SamplingParams
+    from runtime.engine import Engine, SamplingParams, check_prompt_fits
     from runtime.tokenizer import ByteTokenizer
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
@@ -131,11 +131,14 @@ def cmd_run(args) -> int:
         )
     if args.max_seq_len is not None and not 1 < args.max_seq_len <= source.config.max_position_embeddings:
         raise InputError(f"--max-seq-len must be in [2, {source.config.max_position_embeddings}], got {args.max_seq_len}")
+    tokenizer = ByteTokenizer()
+    max_seq_len = args.max_seq_len or source.config.max_position_embeddings
+    if prompt is not None:
+        check_prompt_fits(len(tokenizer.encode(prompt)), max_seq_len)  # before any heavy work
     dtype = DTYPES[plan.dtype]
     model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed)
-    tokenizer = ByteTokenizer()
     engine = Engine(model, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
-                    max_seq_len=args.max_seq_len, eos_token_ids=(source.config.eos_token_id,))
+                    max_seq_len=max_seq_len, eos_token_ids=(source.config.eos_token_id,))
     print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
           f"{profile.name}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()), file=sys.stderr, flush=True)
 
@@ -168,7 +171,10 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # usage error (2) or --help (0): already printed
+        return int(exit_.code or 0)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[dsa] %(message)s")
     try:
         return COMMANDS[args.command](args)

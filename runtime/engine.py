@@ -51,6 +51,15 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[tor
     return int(torch.argmax(probs / noise))
 
 
+def check_prompt_fits(prompt_tokens: int, max_seq_len: int) -> None:
+    """A prompt must leave room for at least one generated token."""
+    if prompt_tokens >= max_seq_len:
+        raise InputError(
+            f"the prompt has {prompt_tokens} tokens but the context holds {max_seq_len}; "
+            "shorten the prompt (or raise the context limit with --max-seq-len, up to max_position_embeddings)"
+        )
+
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0
@@ -114,11 +123,7 @@ class Engine:
         """Yield generated token ids (the eos that stops generation is not yielded)."""
         if not prompt_ids:
             raise InputError("the prompt is empty; give at least one token")
-        if len(prompt_ids) >= self.max_seq_len:
-            raise InputError(
-                f"the prompt has {len(prompt_ids)} tokens but the context holds {self.max_seq_len}; "
-                "shorten the prompt (or raise the context limit)"
-            )
+        check_prompt_fits(len(prompt_ids), self.max_seq_len)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
         generator = None
         if params.seed is not None:
