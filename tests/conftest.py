@@ -1,0 +1,55 @@
+"""Shared pytest setup.
+
+`--provider NAME` (repeatable) restricts the conformance tests to those providers. A test that takes a
+`provider` argument and carries `@pytest.mark.op("<hal op>")` is run once per provider: by default
+every known provider name plus any other provider registered for that op; a provider that has not
+registered the op here is reported as SKIPPED with the reason, never passed silently.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) from anywhere
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--provider",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run conformance tests only for this HAL-op provider (repeatable); default: all",
+    )
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "op(name): the HAL op a conformance test checks (parametrizes `provider`)")
+
+
+def pytest_generate_tests(metafunc):
+    if "provider" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("op")
+    if marker is None:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid} takes `provider` but has no @pytest.mark.op(...)")
+    from runtime import registry
+
+    op = marker.args[0]
+    registered = registry.providers(op)
+    names = metafunc.config.getoption("provider") or [
+        *registry.KNOWN_PROVIDERS,
+        *(name for name in registered if name not in registry.KNOWN_PROVIDERS),
+    ]
+    params = []
+    for name in names:
+        marks = []
+        if name not in registered:
+            where = registry.KNOWN_PROVIDERS.get(name, "no known backend package")
+            marks.append(pytest.mark.skip(reason=f"provider {name!r} has not registered op {op!r} here (backend: {where}; absent or failed to import)"))
+        params.append(pytest.param(name, id=name, marks=marks))
+    metafunc.parametrize("provider", params)
