@@ -115,6 +115,11 @@ def register(
     return provider
 
 
+def unregister(op: str, name: str) -> None:
+    """Remove a provider (tests, or a backend withdrawing one it registered). Absent names are fine."""
+    _PROVIDERS[op].pop(name, None)
+
+
 def providers(op: str) -> dict[str, Provider]:
     load_backends()
     return dict(_PROVIDERS[op])

@@ -101,8 +101,8 @@ def fake_provider():
         return registry.register(op, name, fn, backend="test", supports_args=supports_args)
 
     yield add
-    for op, name in added:  # the registry has no public unregister
-        registry._PROVIDERS[op].pop(name, None)
+    for op, name in added:
+        registry.unregister(op, name)
 
 
 def fake_act_quant(calls: list):

@@ -170,10 +170,9 @@ def picky_provider(monkeypatch):
             return f"needs 64 or 128 heads per rank, got {target.num_heads}"
         return None
 
-    provider = registry.Provider("sparse_mla_decode", "picky_test", torch_fn, "tests", supported)
-    monkeypatch.setitem(registry._PROVIDERS["sparse_mla_decode"], "picky_test", provider)
+    provider = registry.register("sparse_mla_decode", "picky_test", torch_fn, backend="tests", supported=supported)
     yield provider
-    # monkeypatch removes it
+    registry.unregister("sparse_mla_decode", "picky_test")
 
 
 def _profile_with(name: str, op: str, providers: list[str]):

@@ -242,10 +242,15 @@ def test_malformed_yaml(tmp_path):
         load_profile(str(path))
 
 
-def test_registered_out_of_tree_provider_name_is_accepted(tmp_path, monkeypatch):
+@pytest.fixture
+def myvendor():
+    registry.register("act_quant", "myvendor", lambda *a: None, backend="tests")
+    yield
+    registry.unregister("act_quant", "myvendor")
+
+
+def test_registered_out_of_tree_provider_name_is_accepted(tmp_path, myvendor):
     """A provider registered at runtime (e.g. by an entry-point backend) is a valid name."""
-    fake = registry.Provider("act_quant", "myvendor", lambda *a: None, "tests")
-    monkeypatch.setitem(registry._PROVIDERS["act_quant"], "myvendor", fake)
     d = _base()
     d["name"] = "mine"
     d["providers"]["act_quant"] = ["myvendor", "torch"]
