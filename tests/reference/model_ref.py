@@ -19,6 +19,9 @@ Conventions (SPEC 2.1 / 2.2):
   * Top-k ties: among equal scores the LOWER position wins (stable descending sort). Implementations
     may break ties differently; compare selections tie-aware (see `topk_equivalent`).
 
+Storage / arithmetic the model may legitimately apply, simulated on request so comparisons stay tight:
+`kv_cache_dtype` ("bf16" / "fp8" latent-cache rounding), `act_quant` (fp8 GEMMs' 1x128 activation
+quantisation for fp8 checkpoints), `selections` (attend to a given top-k, for tie-aware comparisons).
 Variants used by tests to prove that the model is sensitive to a convention: `indexer_rope` and
 `mla_rope` ("interleaved" / "rotate_half"), `yarn=False` (plain RoPE frequencies).
 """
@@ -48,10 +51,20 @@ def dequant_block(w: Tensor, scale_inv: Tensor, block: int = 128) -> Tensor:
     return w.to(F64) * s
 
 
-def layer_weights(weights: Mapping[str, Tensor], layer: int) -> dict[str, Tensor]:
+class Weights(dict):
+    """HF-named tensors plus how fp8-stored linears treat their input: with `act_quant` set (True =
+    ue8m0 scales, False = plain amax/448 scales), the input of every linear whose weight is stored in fp8
+    is first quantised in 1x128 blocks along K (what the fp8 GEMMs compute, SPEC 2 / 3)."""
+
+    act_quant: Optional[bool] = None
+
+
+def layer_weights(weights: Mapping[str, Tensor], layer: int) -> Weights:
     """The tensors of `model.layers.{layer}.` with that prefix stripped."""
     prefix = f"model.layers.{layer}."
-    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    out = Weights({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+    out.act_quant = getattr(weights, "act_quant", None)
+    return out
 
 
 def get(weights: Mapping[str, Tensor], name: str) -> Tensor:
@@ -66,7 +79,19 @@ def get(weights: Mapping[str, Tensor], name: str) -> Tensor:
 
 
 def linear(weights: Mapping[str, Tensor], module: str, x: Tensor) -> Tensor:
+    ue8m0 = getattr(weights, "act_quant", None)
+    if ue8m0 is not None and weights[module + ".weight"].dtype in _FP8_TYPES:
+        x = act_quant_simulate(x, ue8m0)
     return x @ get(weights, module + ".weight").T
+
+
+def act_quant_simulate(x: Tensor, ue8m0: bool, block: int = 128) -> Tensor:
+    """x [..., K] -> its fp8 1 x `block` quantised-and-dequantised value (last block may be partial)."""
+    K = x.shape[-1]
+    pad = (-K) % block
+    xp = torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, block)
+    q, s = fp8_simulate(xp, ue8m0)  # zero padding does not change a block's amax
+    return (q * s[..., None]).reshape(*x.shape[:-1], K + pad)[..., :K]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,6 +330,8 @@ def reference_mla(
     k_pe = rot(kv[:, c:], positions, freqs)  # one shared rope head
     latent = kv_cache_round(torch.cat([c_kv, k_pe], dim=-1), c, kv_cache_dtype)
     c_kv, k_pe = latent[:, :c], latent[:, c:]
+    # kv_b_proj is applied as a dequantised weight (absorbed form: q_nope @ W_UK, out_lat @ W_UV^T), so
+    # its input is never activation-quantised, even with act_quant.
     wkv = get(lw, "self_attn.kv_b_proj.weight").reshape(H, dn + dv, c)
     k_nope = torch.einsum("sc,hdc->shd", c_kv, wkv[:, :dn])  # W_UK c_kv
     v = torch.einsum("sc,hdc->shd", c_kv, wkv[:, dn:])  # W_UV c_kv
@@ -320,8 +347,13 @@ def reference_mla(
 # ----------------------------------------------------------------------------------------------
 # FFN / MoE
 # ----------------------------------------------------------------------------------------------
-def swiglu(lw: Mapping[str, Tensor], prefix: str, x: Tensor) -> Tensor:
-    return linear(lw, prefix + ".down_proj", silu(linear(lw, prefix + ".gate_proj", x)) * linear(lw, prefix + ".up_proj", x))
+def swiglu(lw: Mapping[str, Tensor], prefix: str, x: Tensor, bf16_out: bool = False) -> Tensor:
+    def lin(name: str, v: Tensor) -> Tensor:
+        y = linear(lw, f"{prefix}.{name}", v)
+        fp8 = lw[f"{prefix}.{name}.weight"].dtype in _FP8_TYPES
+        return y.to(torch.bfloat16).to(F64) if bf16_out and fp8 else y
+
+    return lin("down_proj", silu(lin("gate_proj", x)) * lin("up_proj", x))
 
 
 def reference_router(config, lw: Mapping[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
@@ -344,11 +376,15 @@ def reference_router(config, lw: Mapping[str, Tensor], x: Tensor) -> tuple[Tenso
 
 
 def reference_moe(config, lw: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """Routed experts (a plain loop over the chosen experts) + shared expert. With `lw.act_quant` set,
+    the fp8 routed experts' GEMM outputs are rounded to bf16 (the HAL `grouped_gemm` contract: fp8
+    inputs give a bf16 result, as DeepGEMM's grouped GEMMs do); the shared expert is a plain linear."""
     ids, w = reference_router(config, lw, x)
     out = torch.zeros_like(x)
+    bf16_out = getattr(lw, "act_quant", None) is not None
     for e in ids.unique().tolist():
         rows, slot = (ids == e).nonzero(as_tuple=True)
-        out[rows] += w[rows, slot, None] * swiglu(lw, f"mlp.experts.{e}", x[rows])
+        out[rows] += w[rows, slot, None] * swiglu(lw, f"mlp.experts.{e}", x[rows], bf16_out=bf16_out)
     if config.n_shared_experts:
         out = out + swiglu(lw, "mlp.shared_experts", x)
     return out
@@ -369,6 +405,7 @@ def reference_logits(
     mla_rope: str = "interleaved",
     yarn: bool = True,
     kv_cache_dtype: Optional[str] = None,
+    act_quant: Optional[bool] = None,
     selections: Optional[Sequence] = None,
     return_aux: bool = False,
 ):
@@ -378,9 +415,14 @@ def reference_logits(
     selections: per layer, a [T, T] bool mask or [T, k] indices (-1 padded) to use INSTEAD of this
     reference's own top-k (e.g. the model's choice, for a tie-aware comparison); the reference's own
     scores are still computed and returned in aux.
+    act_quant: None = fp8-stored weights are dequantised and applied to exact inputs; True / False =
+    also simulate the fp8 GEMMs' 1x128 activation quantisation (ue8m0 / plain scales), see `Weights`,
+    and the bf16 output of the fp8 routed-expert GEMMs (`reference_moe`).
     return_aux: also return {"scores": [L x [T, T]], "masks": [L x [T, T] bool used],
     "own_masks": [L x own top-k mask]}.
     """
+    weights = Weights(weights)
+    weights.act_quant = act_quant
     ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
     T = ids.numel()
     pos = torch.arange(T)
