@@ -87,11 +87,20 @@ class ModelConfig:
         return self.kv_lora_rank + self.qk_rope_head_dim
 
     @property
+    def yarn(self) -> Optional[RopeScaling]:
+        """The YaRN parameters when YaRN is in force: a factor > 1 that extends the context beyond the
+        original length (always, for the 671B config). Rope frequencies and softmax scale both follow it."""
+        rs = self.rope_scaling
+        if rs is not None and rs.factor > 1 and self.max_position_embeddings > rs.original_max_position_embeddings:
+            return rs
+        return None
+
+    @property
     def softmax_scale(self) -> float:
         """qk_head_dim^-0.5, times mscale^2 when YaRN extends the context (SPEC 2.1)."""
         scale = self.qk_head_dim**-0.5
-        rs = self.rope_scaling
-        if rs is not None and rs.factor > 1 and self.max_position_embeddings > rs.original_max_position_embeddings:
+        rs = self.yarn
+        if rs is not None:
             m = 0.1 * rs.mscale_all_dim * math.log(rs.factor) + 1.0
             scale *= m * m
         return scale

@@ -6,7 +6,7 @@ fp32 and return the input dtype. RoPE comes in the two pairings the model uses:
   * INTERLEAVED   pairs (0,1), (2,3), ...       MLA's q_pe / k_pe        (SPEC 2.1)
   * ROTATE-HALF   pairs (i, i + d/2) (NeoX)     the indexer's rope part  (SPEC 2.2)
 
-Both use the same frequency table (YaRN when the config has `rope_scaling`, plain RoPE otherwise).
+Both use the same frequency table (YaRN when `config.yarn` is in force, plain RoPE otherwise).
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        inv_freq = rope_inv_freq(config.qk_rope_head_dim, config.rope_theta, config.rope_scaling)
+        inv_freq = rope_inv_freq(config.qk_rope_head_dim, config.rope_theta, config.yarn)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
