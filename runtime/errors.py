@@ -23,3 +23,11 @@ class NoProviderError(DsaError):
 
 class InputError(DsaError):
     """A request is invalid (prompt too long, bad sampling value, ...)."""
+
+
+class TokenizerError(DsaError):
+    """tokenizer.json / tokenizer_config.json / the chat template is missing, corrupt or unusable."""
+
+
+class OutputDirError(DsaError):
+    """An output directory cannot be written (exists and is not empty, not a directory, ...)."""
