@@ -1,4 +1,4 @@
-"""`dsa`: run | plan | devices. A thin layer over runtime.profile / plan / build / engine.
+"""`dsa`: run | plan | devices | make-checkpoint. A thin layer over runtime.profile / plan / build / engine.
 
 User errors (`DsaError`) print one line `error: ...` on stderr, no traceback, exit status 2.
 """
@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_layout_flags(plan)
 
     sub.add_parser("devices", help="list the device profiles and which one matches this machine")
+
+    mk = sub.add_parser("make-checkpoint", help="write seeded random weights in the HF checkpoint layout")
+    mk.add_argument("--config", required=True, help="config.json, checkpoint dir, or built-in model name (e.g. tiny)")
+    mk.add_argument("--out", required=True, type=Path, help="directory to create")
+    mk.add_argument("--fp8", action="store_true", help="fp8 e4m3 linear weights with 128x128 block scales")
+    mk.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    mk.add_argument("--shards", type=int, default=3, help="number of safetensors shards (default 3)")
+    mk.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
     return parser
 
 
@@ -167,7 +175,18 @@ def cmd_run(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices}
+def cmd_make_checkpoint(args) -> int:
+    from runtime.checkpoint_writer import INDEX_FILE, write_checkpoint
+
+    out = write_checkpoint(args.config, args.out, fp8=args.fp8, seed=args.seed, num_shards=args.shards,
+                           overwrite=args.overwrite)
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    print(f"wrote {out}: {args.shards} shard(s) + {INDEX_FILE}, {size / 2**20:.1f} MiB of "
+          f"{'fp8' if args.fp8 else 'bf16'} weights (seed {args.seed}), tokenizer and chat template")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices, "make-checkpoint": cmd_make_checkpoint}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
