@@ -9,4 +9,12 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 
-__all__ = ["REPO_ROOT", "CONFIG_DIR"]
+__all__ = ["REPO_ROOT", "CONFIG_DIR", "LLM"]
+
+
+def __getattr__(name):  # `from runtime import LLM` without making `import runtime` load torch
+    if name == "LLM":
+        from runtime.llm import LLM
+
+        return LLM
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")

@@ -46,7 +46,11 @@ def resolve_model(arg: Optional[str]) -> ModelSource:
         return ModelSource(path.stem, ModelConfig.from_file(path), None)
     if path.is_dir():
         config = ModelConfig.from_file(path)
-        has_weights = any(path.glob("*.safetensors"))
+        has_weights = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").is_file()
+        pickled = sorted(p.name for ext in ("bin", "pt", "pth", "ckpt") for p in path.glob(f"*.{ext}"))
+        if pickled and not has_weights:
+            raise DsaError(f"{path} holds {pickled[0]} but no *.safetensors: only safetensors checkpoints are loaded "
+                           "(pickled weights can run code); convert them, or download the safetensors release")
         return ModelSource(path.name, config, path if has_weights else None)
     shipped = CONFIG_DIR / "models" / arg / "config.json"
     if "/" not in arg and shipped.is_file():
@@ -83,19 +87,45 @@ def check_random_weights_fit(source: ModelSource, bytes_per_param: int = 2) -> N
 
 
 def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtype: str, indexer_fp8: bool = True,
-                seed: int = 0):
-    """The shared graph with weights: seeded random for configs, the checkpoint for directories."""
+                seed: int = 0, weights: str = "bf16", progress: Optional[bool] = None):
+    """The shared graph with weights: seeded random for configs, the checkpoint for directories.
+
+    weights (the plan's): "fp8" keeps a checkpoint's fp8 weights + block scales, "bf16" dequantises them
+    to `dtype`. Checkpoints are checked (runtime.loader) before any tensor data is read.
+    """
     from model.transformer import DeepseekV32
     from model.weights import random_checkpoint
 
     if not source.random_weights:
-        raise DsaError(
-            f"{source.checkpoint_dir}: loading safetensors checkpoints is not available yet in this version "
-            "(tracked as the 'Real checkpoints' issue); pass a config.json or a built-in model name instead"
-        )
+        from runtime.loader import load_model
+
+        return load_model(source.checkpoint_dir, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
+                          indexer_fp8=indexer_fp8, weights=weights, progress=progress)
     check_random_weights_fit(source)
     with torch.device("cpu"):
         model = DeepseekV32(source.config, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8,
                             fp8_weights=False)  # random weights are generated unquantised
     model.load_hf_state_dict(random_checkpoint(source.config, seed, fp8=False, dtype=dtype))
     return model.eval()
+
+
+def load_source_tokenizer(source: ModelSource):
+    """A checkpoint's tokenizer.json (required); the built-in byte tokenizer for random-weight models."""
+    from runtime.tokenizer import ByteTokenizer, load_tokenizer
+
+    if source.checkpoint_dir is not None:
+        return load_tokenizer(source.checkpoint_dir)
+    if source.config.vocab_size < ByteTokenizer.vocab_size:
+        raise DsaError(f"model {source.name!r} has vocab_size {source.config.vocab_size}, smaller than the built-in byte "
+                       f"tokenizer's {ByteTokenizer.vocab_size}; give a directory with a tokenizer.json")
+    return ByteTokenizer()
+
+
+def prompt_ids(tokenizer, text: str, chat: Optional[bool] = None) -> list[int]:
+    """Token ids of a user prompt. chat None: the chat template when the tokenizer has one, else the text
+    as is; True: the template (TokenizerError without one); False: the text as is."""
+    if chat is None:
+        chat = tokenizer.chat_template is not None
+    if chat:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+    return tokenizer.encode(text)

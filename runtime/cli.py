@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
     run.add_argument("--seed", type=int, help="sampling seed (default: random)")
     run.add_argument("--weights-seed", type=int, default=0, help="seed of the random weights of config-only models")
+    fmt = run.add_mutually_exclusive_group()
+    fmt.add_argument("--chat", dest="chat", action="store_const", const=True, default=None,
+                     help="format the prompt with the checkpoint's chat template (the default when it has one)")
+    fmt.add_argument("--raw", dest="chat", action="store_const", const=False, help="send the prompt text as is")
     run.add_argument("--max-seq-len", type=int, help="context limit (default: the model's max_position_embeddings)")
     _add_layout_flags(run)
 
@@ -122,10 +126,9 @@ def _read_prompt(args) -> str:
 
 
 def cmd_run(args) -> int:
-    from runtime.build import DTYPES, build_model
+    from runtime.build import DTYPES, build_model, load_source_tokenizer, prompt_ids
     from runtime.detect import detect
     from runtime.engine import Engine, SamplingParams, check_prompt_fits
-    from runtime.tokenizer import ByteTokenizer
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)  # validate before any heavy work
@@ -139,21 +142,26 @@ def cmd_run(args) -> int:
         )
     if args.max_seq_len is not None and not 1 < args.max_seq_len <= source.config.max_position_embeddings:
         raise InputError(f"--max-seq-len must be in [2, {source.config.max_position_embeddings}], got {args.max_seq_len}")
-    tokenizer = ByteTokenizer()
+    tokenizer = load_source_tokenizer(source)
+    chat = tokenizer.chat_template is not None if args.chat is None else args.chat
+    if chat and tokenizer.chat_template is None:
+        raise InputError(f"--chat: model {source.name} has no chat template (tokenizer_config.json); use --raw")
     max_seq_len = args.max_seq_len or source.config.max_position_embeddings
     if prompt is not None:
-        check_prompt_fits(len(tokenizer.encode(prompt)), max_seq_len)  # before any heavy work
+        check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), max_seq_len)  # before any heavy work
     dtype = DTYPES[plan.dtype]
-    model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed)
+    model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed,
+                        weights=plan.weights)
     engine = Engine(model, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
-                    max_seq_len=max_seq_len, eos_token_ids=(source.config.eos_token_id,))
+                    max_seq_len=max_seq_len, eos_token_ids=tuple(tokenizer.eos_token_ids))
     print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
           f"{profile.name}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()), file=sys.stderr, flush=True)
 
     def answer(text: str) -> None:
-        ids = tokenizer.encode(text)
+        ids = prompt_ids(tokenizer, text, chat)
         stream = tokenizer.stream_decoder()
-        sys.stdout.write(text)
+        if not chat:  # raw text: print the continuation after the prompt; chat: only the reply
+            sys.stdout.write(text)
         for token in engine.generate(ids, params):
             sys.stdout.write(printable(stream.push(token)))
             sys.stdout.flush()

@@ -31,3 +31,7 @@ class TokenizerError(DsaError):
 
 class OutputDirError(DsaError):
     """An output directory cannot be written (exists and is not empty, not a directory, ...)."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint directory is missing, incomplete, corrupt, or does not match its config.json."""
