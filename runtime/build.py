@@ -17,6 +17,7 @@ import torch
 
 from model.config import ModelConfig
 from runtime import CONFIG_DIR
+from runtime.tokenizer import clean_text
 from runtime.errors import DsaError
 
 BUILTIN_MODEL = "tiny"
@@ -124,6 +125,7 @@ def load_source_tokenizer(source: ModelSource):
 def prompt_ids(tokenizer, text: str, chat: Optional[bool] = None) -> list[int]:
     """Token ids of a user prompt. chat None: the chat template when the tokenizer has one, else the text
     as is; True: the template (TokenizerError without one); False: the text as is."""
+    text = clean_text(text)
     if chat is None:
         chat = tokenizer.chat_template is not None
     if chat:

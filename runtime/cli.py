@@ -129,6 +129,7 @@ def cmd_run(args) -> int:
     from runtime.build import DTYPES, build_model, load_source_tokenizer, prompt_ids
     from runtime.detect import detect
     from runtime.engine import Engine, SamplingParams, check_prompt_fits
+    from runtime.tokenizer import clean_text
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)  # validate before any heavy work
@@ -159,9 +160,10 @@ def cmd_run(args) -> int:
 
     def answer(text: str) -> None:
         ids = prompt_ids(tokenizer, text, chat)
+        check_prompt_fits(len(ids), engine.max_seq_len)  # before echoing anything
         stream = tokenizer.stream_decoder()
         if not chat:  # raw text: print the continuation after the prompt; chat: only the reply
-            sys.stdout.write(text)
+            sys.stdout.write(printable(clean_text(text)))
         for token in engine.generate(ids, params):
             sys.stdout.write(printable(stream.push(token)))
             sys.stdout.flush()

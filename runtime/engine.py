@@ -34,17 +34,24 @@ class SamplingParams:
             raise InputError(f"top_p must be in (0, 1], got {p!r}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"max_new_tokens must be an integer >= 1, got {n!r}")
+        s = self.seed
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63):
+            raise InputError(f"seed must be an integer in [0, 2**63), got {s!r}")
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator]) -> int:
     """logits [vocab] fp32 -> one token id."""
     if params.temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    logits = logits.double()
+    # Shift first so a tiny temperature gives -inf (not inf - inf = NaN) to all but the best tokens.
+    probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_p, dim=-1) - sorted_p  # mass strictly above each candidate
-        sorted_p[before >= params.top_p] = 0.0  # the top candidate always survives
+        cut = before >= params.top_p
+        cut[0] = False  # the top candidate always survives, however small top_p is
+        sorted_p[cut] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
     # argmax(p / E) with E ~ Exp(1) draws from the categorical distribution p (SPEC 2.4)
     noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
@@ -145,7 +152,7 @@ class Engine:
                 if stats.decode_tokens >= params.max_new_tokens:
                     stats.stop_reason = "length"
                     break
-                if length >= self.max_seq_len:
+                if length + 1 >= self.max_seq_len:  # the sequence now fills the context
                     stats.stop_reason = "context"
                     break
                 logits = self._step([token], length, blocks)

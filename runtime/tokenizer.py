@@ -21,6 +21,16 @@ OFFSET = 4
 VOCAB_SIZE = 256 + OFFSET
 
 
+def clean_text(text: str) -> str:
+    """Valid Unicode from user input: Python hands undecodable bytes of argv / stdin over as lone
+    surrogates (surrogateescape); turn them back into their bytes and decode those with replacement."""
+    try:
+        raw = text.encode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # surrogates that are not escaped bytes
+        raw = text.encode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors="replace")
+
+
 class ByteTokenizer:
     bos_token_id = BOS
     eos_token_id = EOS

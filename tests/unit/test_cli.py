@@ -121,3 +121,29 @@ def test_console_script_exit_code_without_traceback():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_generation_stops_exactly_at_the_context_limit(capsys):
+    prompt = "x" * 60  # 61 tokens with bos
+    code, out, err = run_cli(capsys, "run", "--device", "cpu", "--raw", "--prompt", prompt, "--max-seq-len", "70",
+                             "--max-new-tokens", "50", "--temperature", "0")
+    assert code == 0, err
+    stats = out.strip().splitlines()[-1]
+    assert "decode: 9 tokens" in stats and "stop: context" in stats, stats  # 61 + 9 = 70
+
+
+def test_undecodable_prompt_bytes_are_replaced_not_a_crash(capsys):
+    # what Python makes of the argv bytes b"a\xffb" under a UTF-8 locale
+    code, out, err = run_cli(capsys, "run", "--device", "cpu", "--prompt", "a\udcffb", "--max-new-tokens", "2")
+    assert code == 0, err
+    assert out.startswith("a\ufffdb")
+
+
+def test_interactive_rejects_a_long_line_without_echoing_it(capsys, monkeypatch):
+    import io
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y" * 40 + "\nhi\n"))
+    code, out, err = run_cli(capsys, "run", "--device", "cpu", "--interactive", "--max-seq-len", "16",
+                             "--max-new-tokens", "2")
+    assert code == 0
+    assert "y" * 40 not in out and out.startswith("hi")
+    assert "41 tokens" in err

@@ -79,3 +79,17 @@ def test_byte_tokenizer_round_trips_and_streams():
     assert tok.decode(ids) == text
     stream = tok.stream_decoder()
     assert "".join(stream.push(i) for i in ids) + stream.flush() == text
+
+
+def test_extreme_but_valid_values_behave_like_their_limits():
+    """top_p / temperature that underflow fp32 must still pick the best token, not token 0."""
+    logits = torch.tensor([0.3, 2.0, 1.0, -4.0])
+    g = torch.Generator().manual_seed(0)
+    assert sample(logits, SamplingParams(temperature=1.0, top_p=1e-50), g) == 1
+    assert sample(logits, SamplingParams(temperature=1e-40), g) == 1
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.5, True])
+def test_seed_out_of_range_is_rejected(seed):
+    with pytest.raises(InputError, match="seed"):
+        SamplingParams(seed=seed)
