@@ -54,10 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-seq-len", type=int, help="context limit (default: the model's max_position_embeddings)")
     _add_layout_flags(run)
 
-    plan = sub.add_parser("plan", help="show the provider of each op, the layout and the memory estimate")
+    plan = sub.add_parser("plan", help="memory per device and the smallest layout that fits; providers per op")
     plan.add_argument("--device", required=True, help="device profile name or a .yaml path")
     plan.add_argument("--model", help="checkpoint dir, config.json, or built-in model name (default: tiny)")
     _add_layout_flags(plan)
+    plan.add_argument("--context", type=int, help="tokens per sequence to hold (default: max_position_embeddings)")
+    plan.add_argument("--batch", type=int, help="sequences per DP-attention group to hold (default 1)")
+    plan.epilog = ("Without --tp/--ep/--dp: searches 1..--nodes (default 4) nodes for the smallest layout that fits "
+                   "and shows it next to the profile's default. With any of them: evaluates exactly that layout.")
 
     sub.add_parser("devices", help="list the device profiles and which one matches this machine")
 
@@ -84,9 +88,16 @@ def _plan(args):
 
 
 def cmd_plan(args) -> int:
-    _profile, source, plan = _plan(args)
+    from runtime.build import resolve_model
+    from runtime.plan import plan_report
+    from runtime.profile import load_profile
+
+    profile = load_profile(args.device)
+    source = resolve_model(args.model)
+    text = plan_report(profile, source.config, tp=args.tp, ep=args.ep, dp_attention=args.dp_attention,
+                       nodes=args.nodes, kv_cache_dtype=args.kv_cache_dtype, context=args.context, batch=args.batch)
     print(f"model: {source.name}")
-    print(plan.describe())
+    print(text)
     return 0
 
 

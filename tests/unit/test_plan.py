@@ -9,9 +9,10 @@ from runtime.detect import Hardware
 from runtime.errors import DsaError, NoProviderError
 from runtime.ops import OpSet
 from runtime.plan import (
-    GiB, MIN_CACHE_TOKENS, cache_bytes_per_token_layer, count_parameters, make_plan, weight_groups,
+    MOE_SLACK, PREFILL_CHUNK, RESERVE_FRACTION, GiB, activation_terms, cache_bytes_per_token_layer,
+    candidate_layouts, count_parameters, make_plan, plan_report, search_layouts, weight_groups,
 )
-from runtime.profile import list_profiles, load_profile
+from runtime.profile import LayoutSpec, list_profiles, load_profile
 
 SHIPPED = ["ascend-a2", "ascend-a3", "b200", "cpu", "h100", "h20", "h200", "mi300x", "mi350x"]
 
@@ -30,7 +31,8 @@ def tiny() -> ModelConfig:
 def test_every_profile_plans_671b(name, big):
     plan = make_plan(load_profile(name), big)
     assert set(plan.selections) == set(registry.OPS)
-    assert plan.providers() == {op: "torch" for op in registry.OPS}  # the only backend installed here
+    for op, sel in plan.selections.items():  # the first usable provider of the profile's list; torch always usable
+        assert sel.chosen.name in plan.profile.providers[op] and "torch" in [p.name for p in sel.usable]
     assert plan.target.num_heads == 128 // plan.layout.tp
     text = plan.describe()
     assert name in text and "verdict" in text
@@ -60,7 +62,7 @@ def test_h200_memory(big):
         assert 600 * GiB < m.weight_bytes_total < 700 * GiB  # ~672e9 params at ~1 byte + block scales
         assert m.fits, m.verdict
         assert 20 * GiB < m.free_bytes < 70 * GiB
-        assert m.tokens_per_group > 100_000
+        assert m.tokens_per_group > 163_840
     tp8 = make_plan(h200, big, tp=8)
     assert tp8.layout.dp_attention == 1 and tp8.layout.ep == 8
     assert 75 * GiB < tp8.memory.weight_bytes < 90 * GiB  # ~80-90 GB per GPU under pure TP8
@@ -88,7 +90,7 @@ def test_bf16_kv_cache_holds_fewer_tokens(big):
 def test_cpu_plans_tiny_and_671b(tiny, big):
     cpu = load_profile("cpu")
     small = make_plan(cpu, tiny)
-    assert small.memory.fits and small.memory.tokens_per_group >= MIN_CACHE_TOKENS
+    assert small.memory.fits and small.memory.tokens_per_group >= tiny.max_position_embeddings
     assert small.weights == "bf16" and small.kv_cache_dtype == "bf16" and small.page_size == 16
     assert isinstance(small.opset(), OpSet) and small.opset().providers()["grouped_gemm"] == "torch"
     huge = make_plan(cpu, big)
@@ -152,10 +154,10 @@ def test_bad_override_values(big):
 def test_h200_reasons_not_installed(big):
     plan = make_plan(load_profile("h200"), big)
     rejected = dict(plan.selections["sparse_mla_decode"].rejected)
-    for name in ("flashmla", "tilelang", "triton"):
-        assert rejected[name].startswith("not installed")
+    for name in ("flashmla", "tilelang"):  # the vendor libraries are absent here
+        assert "not installed" in rejected[name] or "not importable" in rejected[name], rejected[name]
     text = plan.describe()
-    assert "x flashmla: not installed" in text and "x deepgemm: not installed" in text
+    assert "x flashmla: " in text and "x deepgemm: " in text
 
 
 @pytest.fixture
@@ -206,7 +208,7 @@ def test_no_provider_lists_every_reason(picky_provider, big):
         make_plan(prof, big, kv_cache_dtype="bf16")
     msg = str(exc.value)
     assert msg.startswith("profile h200:")
-    assert "flashmla: not installed" in msg and "picky_test: needs the fp8 kv cache" in msg
+    assert "flashmla: " in msg and "picky_test: needs the fp8 kv cache" in msg
     assert "providers.sparse_mla_decode" in msg
     assert "picky_test" not in registry.providers("act_quant")
 
@@ -235,3 +237,150 @@ def test_check_runnable(big, tiny):
 
 def test_list_profiles_has_all():
     assert set(SHIPPED) <= set(list_profiles())
+
+
+# ---- memory planning: bytes by dtype, workspace, context x batch, layout search (dsa plan) ----------
+
+def test_weight_bytes_by_dtype(big):
+    """fp8 values + fp32 block scales + bf16 (embeddings, lm_head, router, indexer weights_proj) + fp32 norms."""
+    m = make_plan(load_profile("h200"), big, tp=8).memory  # tp 8, ep 8
+    d = m.weight_bytes_by_dtype
+    assert list(d) == ["fp8", "fp32 scales", "bf16", "fp32"]
+    assert sum(d.values()) == m.weight_bytes == sum(m.weight_bytes_by_group.values())
+    L, moe, D, V = 61, 58, 7168, 129280
+    assert d["bf16"] == 2 * (2 * V * D // 8 + moe * 256 * D + L * 64 * D)  # embed + lm_head over tp; router, weights_proj
+    norms = 4 * (D + 2 * L * D + L * 1536 + L * 512 + 2 * L * 128 + moe * 256)  # incl. e_score_correction_bias
+    assert d["fp32"] == norms
+    assert 4 / 128**2 * 0.99 < d["fp32 scales"] / d["fp8"] < 4 / 128**2 * 1.2  # one fp32 per 128x128 block
+    bf16 = make_plan(load_profile("h200"), big, tp=8, weights="bf16").memory.weight_bytes_by_dtype
+    assert list(bf16) == ["bf16", "fp32"] and bf16["fp32"] == norms
+
+
+def test_workspace_formula(big):
+    h200 = load_profile("h200")
+    plan = make_plan(h200, big, tp=8)
+    m = plan.memory
+    assert m.context == 163_840 and m.batch == 1 and m.step_tokens == PREFILL_CHUNK
+    assert m.activation_terms["index scores"] == PREFILL_CHUNK * 163_840 * 4
+    assert m.activation_terms["ffn"] == MOE_SLACK * PREFILL_CHUNK * 8 // 8 * (2 * 7168 + 3 * 2048) * 2 \
+        + PREFILL_CHUNK * 3 * 2048 // 8 * 2  # routed share + shared expert (> the dense FFN)
+    assert m.activation_terms["logits"] == 129280 // 8 * 4
+    assert m.activation_bytes == sum(m.activation_terms.values())
+    assert m.reserve_bytes == int(RESERVE_FRACTION * 141 * GiB)
+    assert m.free_bytes == m.device_bytes - m.weight_bytes - m.workspace_bytes
+    assert m.tokens_per_group == m.free_bytes // m.cache_bytes_per_token // 64 * 64
+    # DP-attention: 8x the tokens reach the experts of each rank, and every rank runs all 128 heads
+    dp8 = make_plan(h200, big).memory
+    assert dp8.activation_terms["ffn"] > 7 * m.activation_terms["ffn"]
+    assert dp8.activation_terms["attention"] == 8 * m.activation_terms["attention"]
+    terms, step = activation_terms(big, plan.layout, "bf16", 100, 2)
+    assert step == 200 and terms["index scores"] == 200 * 100 * 4  # a request shorter than one chunk
+
+
+def test_h200_public_facts(big):
+    """SPEC 6: fp8 ~690 GB fit 8x H200 with ~55-60 GB per GPU left under TP8; the DP-attention layout
+    replicates attention (and holds the whole embedding / lm_head) so it leaves less."""
+    h200 = load_profile("h200")
+    tp8 = make_plan(h200, big, tp=8).memory
+    dp8 = make_plan(h200, big).memory
+    assert 55 * GiB < tp8.after_weights_bytes < 62 * GiB
+    assert 40 * GiB < dp8.after_weights_bytes < 50 * GiB
+    assert tp8.fits and dp8.fits and tp8.free_bytes > 45 * GiB
+    assert tp8.sequences_per_group >= 6 and dp8.sequences_per_group >= 4
+    search = search_layouts(h200, big)
+    assert search.chosen.layout == h200.layout  # 8 devices is the fewest; the profile's DP8 shape fits
+    assert [r.world_size for r in search.rows] == [1, 2, 4, 8]
+
+
+def test_h100_needs_two_nodes(big):
+    h100 = load_profile("h100")
+    search = search_layouts(h100, big)
+    assert not search.default.memory.fits and search.default.memory.after_weights_bytes < 0  # 80.1 GiB > 80
+    c = search.chosen
+    assert (c.layout.nodes, c.world_size, c.layout.tp, c.layout.dp_attention, c.layout.ep) == (2, 16, 8, 2, 16)
+    assert c.memory.fits and c.memory.free_bytes > 25 * GiB
+    assert search_layouts(h100, big, max_nodes=1).chosen is None
+    text = plan_report(h100, big, nodes=1)
+    assert "none up to 1 node(s)" in text and "DOES NOT FIT" in text
+
+
+@pytest.mark.parametrize("name, nodes_bf16, nodes_w8a8", [("ascend-a2", 4, 2), ("ascend-a3", 2, 1)])
+def test_ascend_needs_bf16_dies_or_w8a8(big, name, nodes_bf16, nodes_w8a8):
+    """No fp8 on A2/A3: bf16 weights (1.25 TiB) need 32 dies of 64 GiB; int8 W8A8 would fit 16 (one A3
+    node, two A2 nodes, as deployed), which this runtime does not load yet - the verdict says so."""
+    prof = load_profile(name)
+    search = search_layouts(prof, big)
+    assert not search.default.memory.fits
+    assert "int8 W8A8" in search.default.memory.verdict and "does not load W8A8 yet" in search.default.memory.verdict
+    assert search.chosen.weights == "bf16" and search.chosen.world_size == 32
+    assert search.chosen.layout.nodes == nodes_bf16
+    lay, m = search.int8
+    assert lay.world_size == 16 and lay.nodes == nodes_w8a8 and m.fits
+    assert lay == prof.layout  # the profile's layout is the W8A8 deployment
+    assert "bf16 weights need 32 devices" in search.summary() and "int8 W8A8 would fit 16 devices" in search.summary()
+
+
+def test_context_and_batch(big):
+    h200 = load_profile("h200")
+    m = make_plan(h200, big, tp=8, context=100, batch=3).memory
+    assert m.tokens_needed == 3 * 128  # each sequence rounded up to whole 64-token pages
+    assert m.fits and m.sequences_per_group == m.tokens_per_group // 128
+    many = make_plan(h200, big, tp=8, batch=50).memory  # 50 x 163,840 = 8.2M tokens > 1.1M
+    assert not many.fits and many.free_bytes > 0
+    assert "needs 8,192,000" in many.verdict and "smaller --batch / --context" in many.verdict
+    wide = search_layouts(h200, big, batch=10)  # 10 x 163,840 per DP group: more devices
+    assert wide.chosen is not None and wide.chosen.world_size > 8
+    assert wide.chosen.memory.tokens_per_group >= 10 * 163_840
+    with pytest.raises(DsaError, match="context 200,000 is longer"):
+        make_plan(h200, big, context=200_000)
+    with pytest.raises(DsaError, match="batch must be a positive integer"):
+        search_layouts(h200, big, batch=0)
+
+
+def test_candidate_layouts(big, tiny):
+    groups = candidate_layouts(load_profile("h100"), big, 2)
+    assert [g[0].world_size for g in groups] == [1, 2, 4, 8, 16]
+    assert groups[-1][0] == LayoutSpec(tp=8, dp_attention=2, ep=16, nodes=2)  # the profile's tp 8 first
+    assert all(lay.ep == lay.world_size for g in groups for lay in g)
+    assert {lay.tp for lay in groups[-1]} == {1, 2, 4, 8, 16}
+    # ascend-a3's tp 8 does not divide tiny's 4 heads: the default is invalid, the search still works
+    search = search_layouts(load_profile("ascend-a3"), tiny)
+    assert search.default is None and "tp=8 does not divide" in search.default_error
+    assert search.chosen.world_size == 1
+
+
+def test_fewest_devices_first(big):
+    chosen = search_layouts(load_profile("mi350x"), big).chosen  # 288 GiB: 4 GPUs hold 628 GiB of fp8
+    assert chosen.world_size == 4 and chosen.layout.tp == 4 and chosen.memory.fits
+
+
+def test_plan_report_and_cli(big, capsys):
+    from runtime.cli import main
+
+    h200 = load_profile("h200")
+    searched = plan_report(h200, big)
+    assert "layout search" in searched and "profile default" in searched and "<- chosen" in searched
+    exact = plan_report(h200, big, tp=8)
+    assert "layout search" not in exact and "tp 8 x dp_attention 1" in exact
+    for text in (searched, exact):
+        for word in ("by dtype: fp8", "fp32 scales", "after weights", "workspace", "index scores",
+                     "788 B per token per layer", "48,068 B per token", "request", "verdict"):
+            assert word in text, word
+    assert main(["plan", "--device", "h100", "--model", "deepseek-v3.2-exp", "--context", "8192",
+                 "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4 x 8,192 tokens per DP group" in out and "smallest fit     2 nodes x 8 = 16" in out
+    assert main(["plan", "--device", "h100", "--model", "deepseek-v3.2-exp", "--context", "0"]) == 2
+    assert "context must be a positive integer" in capsys.readouterr().err
+
+
+def test_readme_table_is_current(big):
+    """README.md's memory-planning table is bench/plan_table.py's output."""
+    import importlib.util
+
+    root = CONFIG_DIR.parent
+    spec = importlib.util.spec_from_file_location("plan_table", root / "bench" / "plan_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    table = mod.markdown_table(big)
+    assert table in (root / "README.md").read_text(), "regenerate: .venv/bin/python bench/plan_table.py"
