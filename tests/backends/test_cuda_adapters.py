@@ -1,0 +1,209 @@
+"""backends/cuda (FlashMLA, DeepGEMM adapters) on CPU, through documented-semantics stand-ins.
+
+What these tests prove: given FlashMLA's and DeepGEMM's documented interfaces (tests/backends/fakes/),
+our adapters hand them correctly translated arguments and translate the results back, so the HAL op
+matches the fp64 oracle: the packed 656-byte cache is read as FlashMLA's "FP8 with scale" token,
+logical positions become block * page + offset, heads are padded / chunked to 64 / 128, index rows are
+padded to 128 with -1, lse comes back natural-log and [b, s_q, h_q], empty rows give 0 / +inf,
+DeepGEMM's ks / ke windows and its 128-aligned contiguous grouped layout (with -1 padding rows) are
+built right, and fp32 scales stay exact on SM100. What they do not prove: that the vendor kernels
+themselves compute what their documentation says (run `dsa conformance` on the GPU for that), nor the
+exact conventions of releases whose documentation we did not read.
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import backends.cuda  # noqa: F401  (registers the providers)
+from backends.cuda import deepgemm, flashmla, vendor
+from runtime import registry
+from tests.backends import common
+from tests.backends.fakes import deep_gemm as fake_dg
+from tests.backends.fakes import flash_mla as fake_fm
+from tests.backends.fakes import loader
+from tests.reference.compare import assert_close
+from tests.reference.ops import ref_fp8_linear
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    """Route backends.cuda's vendor seam to the stand-ins; returns a function to swap them."""
+
+    def use(fm=None, dg=None):
+        monkeypatch.setattr(vendor, "load", loader({"flash_mla": fm or fake_fm.module(), "deep_gemm": dg or fake_dg.module()}))
+
+    use()
+    return use
+
+
+# ---------------------------------------------------------------- import, registration, support reasons
+
+
+def test_vendor_libraries_are_not_imported_with_the_package():
+    """Importing backends.cuda registers the providers without importing flash_mla or deep_gemm."""
+    assert "flash_mla" not in sys.modules and "deep_gemm" not in sys.modules
+    assert registry.get("sparse_mla_prefill", "flashmla").backend == "cuda"
+    for op in ("indexer_topk", "grouped_gemm", "fp8_linear"):
+        assert registry.get(op, "deepgemm").backend == "cuda"
+
+
+def test_placeholders_say_why():
+    """Ops a CUDA profile lists deepgemm / tilelang under, with nothing to run there, say so."""
+    t = common.target()
+    assert "no activation-quantisation kernel" in registry.get("act_quant", "deepgemm").supported(t)
+    assert "no TileLang kernel" in registry.get("sparse_mla_decode", "tilelang").supported(t)
+
+
+def test_missing_library_is_the_reason():
+    """Without the library (this machine) supported() and supports_args() name the import failure."""
+    t = common.target()
+    reason = registry.get("sparse_mla_decode", "flashmla").supported(t)
+    assert reason.startswith("flash_mla not importable:")
+    assert registry.get("grouped_gemm", "deepgemm").supported(t).startswith("deep_gemm not importable:")
+    q, kv, idx = common.prefill_case(2, 4, 8, 4, 0)
+    assert flashmla.prefill_args_reason(q, kv, idx, 1.0, 512).startswith("flash_mla not importable:")
+
+
+@pytest.mark.parametrize("kw,decode,expect", [
+    ({}, True, None),
+    ({"arch": "sm100", "heads": 128}, True, None),
+    ({"heads": 3}, False, None),  # any head count: padded
+    ({"arch": "sm80"}, False, "SM90 and SM100"),
+    ({"arch": "sm120"}, True, "SM90 and SM100"),
+    ({"platform": "rocm", "arch": "gfx942"}, False, "CUDA"),
+    ({"kv": "bf16"}, True, "fp8 cache"),
+    ({"kv": "bf16"}, False, None),  # prefill takes bf16 kv whatever the cache is
+    ({"page": 16}, True, "64-token pages"),
+])
+def test_flashmla_target_reasons(fakes, kw, decode, expect):
+    reason = flashmla.target_reason(common.target(**kw), decode=decode)
+    assert reason is None if expect is None else expect in reason
+
+
+@pytest.mark.parametrize("kw,op,expect", [
+    ({}, "indexer_topk", None),
+    ({"arch": "sm100"}, "grouped_gemm", None),
+    ({"arch": "sm89"}, "fp8_linear", "SM90 and SM100"),
+    ({"fp8_format": "e4m3fnuz"}, "grouped_gemm", "e4m3fn"),
+    ({"index_heads": 128}, "indexer_topk", "64 index heads"),
+])
+def test_deepgemm_target_reasons(fakes, kw, op, expect):
+    reason = deepgemm.target_reason(common.target(**kw), op=op)
+    assert reason is None if expect is None else expect in reason
+
+
+def test_args_reasons(fakes):
+    q, kv, idx = common.prefill_case(2, 4, 8, 4, 0)
+    assert flashmla.prefill_args_reason(q, kv, idx, 1.0, 512) is None
+    assert "bf16 query" in flashmla.prefill_args_reason(q.float(), kv, idx, 1.0, 512)
+    assert "d_qk 576 / d_v 512" in flashmla.prefill_args_reason(q[..., :320], kv[..., :320], idx, 1.0, 256)
+    qd, cache, table, lens, didx = common.decode_case([5], 1, 4, 64, 8, fp8=False, seed=0)
+    assert "fp8 cache" in flashmla.decode_args_reason(qd, cache, table, lens, didx, 1.0, 512)
+
+
+# ---------------------------------------------------------------- FlashMLA
+
+
+@pytest.mark.parametrize("first_release", [False, True], ids=["natural_lse", "base2_lse_first_release"])
+@pytest.mark.parametrize("T,H,S,K", [(9, 16, 70, 40), (5, 64, 33, 24), (4, 130, 50, 150)],
+                         ids=["H16_padded_to_64", "H64", "H130_chunked_K150"])
+def test_flashmla_prefill(fakes, first_release, T, H, S, K):
+    """Head padding / chunking, -1 / out-of-range / interleaved invalid indices, topk padded to 128,
+    lse base and the empty-row convention (row 0 has no valid index) against the oracle."""
+    fakes(fm=fake_fm.module(first_release=first_release))
+    q, kv, idx = common.prefill_case(T, H, S, K, seed=T + H)
+    common.check_prefill(flashmla.sparse_mla_prefill, q, kv, idx, f"flashmla prefill H{H}")
+
+
+@pytest.mark.parametrize("seq_lens,s_q,H,K", [([70, 5, 0], 1, 16, 48), ([130, 64], 2, 128, 40)],
+                         ids=["H16_s_q1_empty_seq", "H128_s_q2_multi_page"])
+def test_flashmla_decode(fakes, seq_lens, s_q, H, K):
+    """Our packed 656-byte cache read through FlashMLA's documented token layout, logical positions
+    translated through a shuffled block table, lse transposed back, against the oracle."""
+    q, cache, table, lens, idx = common.decode_case(seq_lens, s_q, H, 64, K, fp8=True, seed=H + s_q)
+    assert cache.shape[-1] == fake_fm.TOKEN_BYTES
+    common.check_decode(flashmla.sparse_mla_decode, q, cache, table, lens, idx, f"flashmla decode H{H}")
+
+
+def test_packed_cache_is_flashmla_token_layout():
+    """runtime.ops.kv_format.pack writes exactly the bytes FlashMLA's README describes."""
+    from runtime.ops import kv_format
+
+    latent = common.randn((37, 576), common.rng(3)) * 4
+    raw = kv_format.pack(latent, 512)
+    assert raw.shape == (37, 656)
+    scales = raw[:, 512:528].contiguous().view(torch.float32)
+    assert bool((torch.frexp(scales).mantissa == 0.5).all()), "scales are powers of two (ue8m0), as FlashMLA's quantiser makes them"
+    assert_close(fake_fm.dequantize_fp8_tokens(raw), kv_format.unpack(raw, 512), 0.0, 0.0, 0.0, "FlashMLA decoding of our bytes")
+
+
+def test_flashmla_through_the_hal_op(fakes):
+    """The registered provider runs through torch.ops.dsa like any other (dispatch, not just the function)."""
+    q, kv, idx = common.prefill_case(3, 8, 20, 8, 1)
+    out, lse = torch.ops.dsa.sparse_mla_prefill(q, kv, idx, common.SM_SCALE, 512, "flashmla")
+    out_ref, lse_ref = common.ref_sparse_mla_prefill(q, kv, idx, common.SM_SCALE, 512)
+    common.check_attention(out, lse, out_ref, lse_ref, "dispatch")
+
+
+# ---------------------------------------------------------------- DeepGEMM
+
+
+@pytest.mark.parametrize("T,H,S,topk,budget", [(12, 64, 40, 16, None), (10, 16, 30, 64, 4 * 30 * 3)],
+                         ids=["H64", "H16_padded_topk_gt_S_chunked"])
+def test_deepgemm_indexer(fakes, monkeypatch, T, H, S, topk, budget):
+    """ks / ke windows (two packed sequences, one empty window), head padding, -1 for picks outside
+    the window, rows shorter than topk, query chunking of the logits."""
+    if budget:
+        monkeypatch.setattr(deepgemm, "LOGITS_BYTES", budget)
+    q, w, k, ks, starts, ends = common.indexer_case(T, H, S, seed=T)
+    idx = deepgemm.indexer_topk(q, w, k, ks, starts, ends, topk)
+    common.check_topk(idx, q, w, k, ks, starts, ends, topk)
+    assert bool((idx[0] == -1).all())
+
+
+def test_contiguous_layout():
+    """Each group starts at a multiple of 128; filler rows are -1; source rows keep their group."""
+    dest, m_indices, m_pad = deepgemm.contiguous_layout(torch.tensor([3, 0, 130, 1]), 128)
+    assert m_pad == 128 + 256 + 128 and m_indices.shape == (m_pad,)
+    assert dest[:3].tolist() == [0, 1, 2] and dest[3].item() == 128 and dest[-1].item() == 384
+    assert m_indices[:3].tolist() == [0, 0, 0] and bool((m_indices[3:128] == -1).all())
+    assert bool((m_indices[128:258] == 2).all()) and bool((m_indices[258:384] == -1).all())
+
+
+@pytest.mark.parametrize("arch", ["sm90", "sm100"])
+def test_deepgemm_grouped_gemm(fakes, arch):
+    """Uneven and empty groups, HAL padding rows after the groups (output 0), fp32 (non power of two)
+    scales kept exact on SM100 (disable_ue8m0_cast)."""
+    fakes(dg=fake_dg.module(arch))
+    x, xs, w, ws, sizes = common.grouped_case([5, 0, 140, 1], pad_rows=3, E=4, N=192, K=256, seed=2)
+    y = deepgemm.grouped_gemm(x, xs, w, ws, sizes)
+    common.check_grouped(y, x, xs, w, ws, sizes, f"deepgemm grouped {arch}")
+    assert bool((y[-3:] == 0).all())
+    assert "fp8" in deepgemm.grouped_args_reason(x.float(), None, w.float(), None, sizes)
+
+
+@pytest.mark.parametrize("ue8m0", [False, True])
+def test_deepgemm_fp8_linear(fakes, ue8m0):
+    g = common.rng(5)
+    x = common.randn((2, 3, 256), g, torch.bfloat16)
+    wq, ws = common.quantize_weight(common.randn((160, 256), g) * 0.06)
+    y = deepgemm.fp8_linear(x, wq, ws, ue8m0)
+    tol = common.out_tol(torch.bfloat16)
+    assert y.shape == (2, 3, 160) and y.dtype == torch.bfloat16
+    assert_close(y, ref_fp8_linear(x, wq, ws, ue8m0), tol.atol, tol.rtol, tol.cos_eps, "deepgemm fp8_linear")
+    assert "bf16" in deepgemm.linear_args_reason(x.float(), wq, ws, ue8m0)
+
+
+def test_paged_index_cache_layout():
+    """A block holds its page's fp8 keys back to back, then the page's fp32 scales (DeepGEMM's layout)."""
+    g = common.rng(6)
+    k, s = common.quantize_rows(common.randn((3 * 64, 128), g))
+    raw = deepgemm.paged_index_cache(k.view(3, 64, 128), s.view(3, 64))
+    assert raw.shape == (3, 64, 1, 132) and raw.dtype == torch.uint8
+    flat = raw.view(3, 64 * 132)
+    keys = flat[:, : 64 * 128].contiguous().view(torch.float8_e4m3fn).view(3 * 64, 128)
+    scales = flat[:, 64 * 128 :].contiguous().view(torch.float32).reshape(-1)
+    assert torch.equal(keys.view(torch.uint8), k.view(torch.uint8)) and torch.equal(scales, s.view(-1))

@@ -1,0 +1,109 @@
+"""backends/npu (torch_npu / CANN adapters) on CPU, through documented-semantics stand-ins.
+
+What these tests prove: given the CANN ops' documented interfaces (tests/backends/fakes/torch_npu.py),
+our adapters lay the HAL's arguments out as those ops want them (TND queries with prefix-sum lengths,
+PA_BSND paged keys with a renumbered block table, the 576-wide query split into 512 latent + 64 rope,
+valid-first index rows, one single-query batch per indexer token paged from its window start, heads
+padded to 64 / a power of two, weight [E, K, N] as a transposed view, cumulative group lists) and read
+the results back (positions shifted by the window start, lse from softmax max / sum, empty rows 0 /
++inf, padding rows 0), matching the fp64 oracle. Also that torch_npu is never imported on its own and
+that A2 / A3 come from the SoC version. What they do not prove: the CANN kernels themselves, or
+layouts the documentation leaves open (the softmax statistics' exact shape is taken from the grad op).
+"""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import backends.npu  # noqa: F401  (registers the provider)
+from backends.npu import cann, vendor
+from runtime import registry
+from tests.backends import common
+from tests.backends.fakes import loader
+from tests.backends.fakes import torch_npu as fake_npu
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    def use(soc=223):
+        monkeypatch.setattr(vendor, "load", loader({"torch_npu": fake_npu.module(soc)}))
+
+    use()
+    return use
+
+
+def npu_target(**kw):
+    kw = {"platform": "npu", "arch": "ascend910b", "fp8_format": "none", "kv": "bf16", "page": 128, **kw}
+    return common.target(**kw)
+
+
+def test_torch_npu_is_never_imported_by_the_package():
+    assert "torch_npu" not in sys.modules
+    assert registry.get("indexer_topk", "npu").supported(npu_target()).startswith("torch_npu not importable:")
+
+
+@pytest.mark.parametrize("soc,kw,op,expect", [
+    (223, {}, "sparse_mla_decode", None),
+    (253, {"arch": "ascend910_93"}, "indexer_topk", None),
+    (253, {}, "grouped_gemm", "ascend910_93, the target is ascend910b"),  # an A3 machine, an A2 profile
+    (223, {"arch": "ascend310p"}, "grouped_gemm", "A2"),
+    (223, {"kv": "fp8"}, "sparse_mla_decode", "no fp8"),
+    (223, {"page": 100}, "sparse_mla_decode", "multiple of 16"),
+    (223, {"page": 2048}, "sparse_mla_decode", "up to 1024"),
+    (223, {"index_heads": 128}, "indexer_topk", "64 index heads"),
+    (223, {"platform": "cuda", "arch": "sm90"}, "indexer_topk", "Ascend"),
+])
+def test_target_reasons(fakes, soc, kw, op, expect):
+    fakes(soc)
+    reason = cann.target_reason(npu_target(**kw), op=op)
+    assert reason is None if expect is None else expect in reason
+
+
+def test_indexer_args_reasons(fakes):
+    q, w, k, ks, st, en = common.indexer_case(6, 8, 20, seed=1)  # fp8
+    assert "no fp8" in cann.indexer_args_reason(q, w, k, ks, st, en, 8)
+    q, w, k, ks, st, en = common.indexer_case(6, 8, 20, seed=1, fp8=False)
+    assert cann.indexer_args_reason(q, w, k, ks, st, en, 8) is None
+    assert "k_scale" in cann.indexer_args_reason(q, w, k, ks * 2, st, en, 8)
+    assert "sparse_count" in cann.indexer_args_reason(q, w, k, ks, st, en, 2500)
+
+
+@pytest.mark.parametrize("topk", [6, 40], ids=["topk6", "topk40_gt_windows"])
+def test_indexer(fakes, topk):
+    """Two packed sequences (two window starts -> two paged key copies), an empty window, 20 heads
+    padded to 64, positions shifted back by the start; bf16 inputs and bf16-exact weights."""
+    q, w, k, ks, starts, ends = common.indexer_case(12, 20, 300, seed=topk, fp8=False)
+    idx = cann.indexer_topk(q, w, k, ks, starts, ends, topk)
+    common.check_topk(idx, q, w, k, ks, starts, ends, topk)
+
+
+@pytest.mark.parametrize("T,H,S,K", [(6, 16, 40, 24), (3, 130, 20, 8)], ids=["H16", "H130_chunked_and_padded"])
+def test_prefill(fakes, T, H, S, K):
+    q, kv, idx = common.prefill_case(T, H, S, K, seed=H)
+    common.check_prefill(cann.sparse_mla_prefill, q, kv, idx, f"npu prefill H{H}")
+
+
+def test_decode(fakes):
+    """PA_BSND over the used blocks of a shuffled 128-token-page cache (renumbered table: three
+    unowned garbage blocks are put in front), s_q 2, an empty sequence, 12 heads padded to 16."""
+    q, cache, table, lens, idx = common.decode_case([200, 0, 37], 2, 12, 128, 24, fp8=False, seed=4)
+    cache = torch.cat([torch.full_like(cache[:3], 500.0), cache])
+    common.check_decode(cann.sparse_mla_decode, q, cache, table + 3, lens, idx, "npu decode")
+
+
+def test_grouped_gemm(fakes):
+    """Uneven and empty groups through a cumulative group_list; padding rows after the groups are 0."""
+    x, _, w, _, sizes = common.grouped_case([5, 0, 11, 2], pad_rows=3, E=4, N=48, K=64, seed=7, fp8=False)
+    y = cann.grouped_gemm(x, None, w, None, sizes)
+    common.check_grouped(y, x, None, w, None, sizes, "npu grouped")
+    assert bool((y[-3:] == 0).all())
+    xq, xs, wq, wsc, _ = common.grouped_case([2], 0, 1, 128, 128, seed=7)
+    assert "no fp8" in cann.grouped_args_reason(xq, xs, wq, wsc, sizes[:1])
+
+
+def test_no_fp8_ops_on_ascend():
+    """act_quant / fp8_linear are registered for npu only to say why they never run there."""
+    for op in ("act_quant", "fp8_linear"):
+        assert "no fp8" in registry.get(op, "npu").supported(npu_target())
