@@ -138,15 +138,19 @@ def _grouped_gemm_kernel(
         tl.store(y_ptr + y_offs, acc.to(y_ptr.dtype.element_ty), mask=y_mask)
 
 
-def _tiles(M: int, E: int, N: int, fp8: bool) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for this problem."""
-    block_k = 128 if fp8 else 64
+def _tiles(M: int, E: int, N: int, fp8: bool) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) for this problem."""
     if INTERPRETING:  # the interpreter pays per program and per op: few, large tiles
-        return 64, min(1024, max(16, next_pow2(N))), 128, 4, 1  # (BLOCK_M is refined by gemm_launch)
+        return 64, min(1024, max(16, next_pow2(N))), 128  # (BLOCK_M is refined by gemm_launch)
     rows_per_group = M / max(E, 1)
-    block_m = 64 if rows_per_group <= 64 else 128
-    block_n = 128
-    return block_m, block_n, block_k, 4 if block_m == 64 else 8, 3
+    return 64 if rows_per_group <= 64 else 128, 128, 128 if fp8 else 64
+
+
+def _warps_stages(block_m: int, hip: bool) -> tuple[int, int]:
+    """(num_warps, num_stages). AMD (wave64): 8 warps keep the fp8 path out of spills (compile_check)."""
+    if hip:
+        return 8, 2
+    return (4 if block_m == 64 else 8), 3
 
 
 def gemm_launch(
@@ -170,9 +174,8 @@ def gemm_launch(
         mode = FP8_NATIVE
         xs = ws = torch.empty(1, dtype=torch.float32, device=x.device)  # unused
         x_arg, w_arg = x, w
-    block_m, block_n, block_k, warps, stages = _tiles(M, E, N, fp8)
-    if fp8:
-        block_k = _SCALE_BLOCK
+    block_m, block_n, block_k = _tiles(M, E, N, fp8)
+    warps, stages = _warps_stages(block_m, bool(getattr(torch.version, "hip", None)))
     if INTERPRETING and E:  # CPU tensors: reading m_sizes costs nothing; fit BLOCK_M to the groups
         block_m = max(16, min(64, next_pow2(int(m_sizes.max()))))
     upcast = not fp8 and INTERPRETING and x.dtype == torch.bfloat16
@@ -233,7 +236,7 @@ def register() -> None:
 def _kernel_spec(label: str, fp8: bool, mode: int, rows: int) -> tuple:
     """A compile_check entry: the 671B MoE (256 experts, 7168 -> 2048) with `rows` routed rows."""
     E, N, K = 256, 2048, 7168
-    block_m, block_n, block_k, warps, stages = _tiles(rows, E, N, fp8)
+    block_m, block_n, block_k = _tiles(rows, E, N, fp8)
     operand = "*u8" if fp8 else "*bf16"
     sig = {"x_ptr": operand, "xs_ptr": "*fp32", "w_ptr": operand, "ws_ptr": "*fp32", "y_ptr": "*i16",
            "m_sizes_ptr": "*i32", "M": "i32", "N": "i32", "K": "i32", "E": "i32", "KB": "i32", "NB": "i32"}
@@ -241,7 +244,12 @@ def _kernel_spec(label: str, fp8: bool, mode: int, rows: int) -> tuple:
              "IS_FP8": fp8, "FP8_MODE": mode, "DOT_FACTOR": fp8_dot_factor(mode) if fp8 else 1.0,
              "UPCAST": False, "IEEE": False, "OUT_BF16": True, "EVEN_K": True, "N16": True}
     sig.update({name: "constexpr" for name in const})
-    return (label, _grouped_gemm_kernel, sig, const, {"num_warps": warps, "num_stages": stages})
+
+    def options(target) -> dict:
+        warps, stages = _warps_stages(block_m, target.backend == "hip")
+        return {"num_warps": warps, "num_stages": stages}
+
+    return (label, _grouped_gemm_kernel, sig, const, options)
 
 
 KERNELS = [
