@@ -7,14 +7,21 @@ registered the op here is reported as SKIPPED with the reason, never passed sile
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) from anywhere
     sys.path.insert(0, str(REPO_ROOT))
+
+# Without a CUDA/ROCm GPU, Triton kernels run in Triton's CPU interpreter (on CPU tensors). Triton reads
+# this when a kernel is defined, so it is set here, before any test imports backends.triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_addoption(parser):

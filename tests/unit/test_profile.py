@@ -10,7 +10,7 @@ from runtime import registry
 from runtime.errors import ConfigError, ProfileError
 from runtime.profile import DEVICES_DIR, DeviceProfile, list_profiles, load_profile
 
-SHIPPED = ["ascend-a2", "ascend-a3", "b200", "cpu", "h100", "h20", "h200", "mi300x", "mi350x"]
+SHIPPED = ["a100", "ascend-a2", "ascend-a3", "b200", "cpu", "h100", "h20", "h200", "mi300x", "mi350x", "rtx-pro-6000"]
 
 
 def test_shipped_profiles_are_listed():
@@ -38,6 +38,11 @@ def test_family_facts():
     assert (h200.layout.tp, h200.layout.dp_attention, h200.layout.ep) == (1, 8, 8)
     assert load_profile("h100").memory_gb == 80 and load_profile("h20").memory_gb == 96
     assert load_profile("b200").arch == "sm100"
+    a100, rtx = load_profile("a100"), load_profile("rtx-pro-6000")
+    assert (a100.arch, a100.memory_gb, a100.fp8_format, a100.weights, a100.kv_cache.dtype) == ("sm80", 80, "none", "bf16", "bf16")
+    assert (rtx.arch, rtx.memory_gb, rtx.fp8_format) == ("sm120", 96, "e4m3fn")
+    for p in (a100, rtx):  # no vendor kernel applies: triton first, torch behind it
+        assert all(v == ("triton", "torch") for v in p.providers.values())
     mi300 = load_profile("mi300x")
     assert (mi300.arch, mi300.fp8_format, mi300.kv_cache.page_size, mi300.memory_gb) == ("gfx942", "e4m3fnuz", 1, 192)
     assert mi300.providers["sparse_mla_decode"] == ("aiter", "triton", "torch")
