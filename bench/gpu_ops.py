@@ -383,6 +383,7 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
     print(head)
     print("-" * len(head))
     t_start = time.time()
+    absent: dict[str, str] = {}  # vendor -> why it has no column (first reason seen)
     for case in timing_cases(torch, inp):
         if only not in case.op:
             continue
@@ -411,14 +412,20 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
         for name in VENDORS:
             prov = registry.providers(case.op).get(name)
             try:
-                if prov is None or prov.supports_args(*args) is not None:
-                    continue  # not installed here, or declines these shapes
+                if prov is None:  # this vendor does not offer the op
+                    continue
+                why = prov.supports_args(*args)
+                if why is not None:  # not importable here, or declines these shapes
+                    absent.setdefault(name, f"{case.op}: {why}")
+                    continue
                 vendors.append(f"{name} {_time_ms(prov.fn, args):.3f}")
             except Exception as err:  # a vendor failing must not stop the table
                 vendors.append(f"{name} failed ({type(err).__name__})")
         print(f"{case.op:18} {case.label:34} {ms:8.3f} {tflops:8.1f} {gbs:7.0f} {floor_txt}  {', '.join(vendors) or '-'}")
         del args
         torch.cuda.empty_cache()
+    for name, why in absent.items():
+        print(f"  {name} missing from some rows, e.g. {why}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
