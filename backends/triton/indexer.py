@@ -64,7 +64,7 @@ def _indexer_logits_kernel(
     s0 = lo + pid_j * BLOCK_S
     ss = s0 + ls  # [BS] absolute key positions
     s_ok = (ss >= 0) & (ss < S)
-    visible = (ss[None, :] >= st[:, None]) & (ss[None, :] < en[:, None])  # [BT, BS]
+    visible = (ss[None, :] >= st[:, None]) & (ss[None, :] < en[:, None]) & s_ok[None, :]  # [BT, BS]
 
     # Does any query of this tile see any key of it? (else: all -inf, no math)
     seen = t_ok & (st < en)
