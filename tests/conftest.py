@@ -11,8 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# The Triton interpreter does its tile math in numpy; on 2 cores a 2-thread OpenBLAS matmul of a small
+# tile costs ~1000x a single-threaded one. Must be set before numpy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # plain `pytest` (not `python -m pytest`) from anywhere
