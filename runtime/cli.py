@@ -1,4 +1,4 @@
-"""`dsa`: run | plan | devices | make-checkpoint. A thin layer over runtime.profile / plan / build / engine.
+"""`dsa`: run | plan | devices | make-checkpoint | conformance. A thin layer over runtime.profile / plan / build / engine.
 
 User errors (`DsaError`) print one line `error: ...` on stderr, no traceback, exit status 2.
 """
@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
     mk.add_argument("--shards", type=int, default=3, help="number of safetensors shards (default 3)")
     mk.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
+
+    conf = sub.add_parser("conformance", help="check providers against the fp64 oracle; write report.json / report.md")
+    conf.add_argument("--device", help="check the providers this profile lists (default: every provider installed here)")
+    conf.add_argument("--provider", nargs="+", action="extend", default=[], metavar="NAME",
+                      help="check only these providers (repeatable)")
+    conf.add_argument("--report", type=Path, default=Path("conformance-report"),
+                      help="directory for report.json and report.md (default: ./conformance-report)")
+    conf.add_argument("-k", dest="keyword", metavar="EXPR", help="only the test cases matching this pytest -k expression")
+    conf.add_argument("--no-model", dest="model", action="store_false", help="skip the tiny-model rows")
     return parser
 
 
@@ -207,7 +216,24 @@ def cmd_make_checkpoint(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices, "make-checkpoint": cmd_make_checkpoint}
+def cmd_conformance(args) -> int:
+    """Exit 0 = every case passed or was skipped with a reason; 1 = a conformance failure."""
+    from runtime.conformance import run_conformance, summary
+
+    import shlex
+
+    words = ["dsa", "conformance", *(["--device", args.device] if args.device else []),
+             *(["--provider", *args.provider] if args.provider else []), "--report", str(args.report),
+             *(["-k", args.keyword] if args.keyword else []), *([] if args.model else ["--no-model"])]
+    report = run_conformance(args.provider, args.device, args.report, keyword=args.keyword, model=args.model,
+                             command=shlex.join(words))
+    print(summary(report))
+    print(f"report: {args.report / 'report.md'} and report.json")
+    return 1 if report["result"] == "fail" else 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices, "make-checkpoint": cmd_make_checkpoint,
+            "conformance": cmd_conformance}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,9 +1,15 @@
 """Helpers for the tiny-model tests: build a model + paged cache, run prefill / decode steps through
-`Batch.build`, and record what the indexer selected (through a recording OpSet)."""
+`Batch.build`, and record what the indexer selected (through a recording OpSet).
+
+The model's ops come from provider "torch", or from $DSA_MODEL_PROVIDER where set (`dsa conformance`
+sets it to run these tests once per provider): that provider's ops first, torch for the ops it lacks or
+the calls it declines. PROVIDER_CALLS counts which provider actually ran each op."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -14,7 +20,11 @@ from model.cache import Batch, BlockAllocator, PagedCache
 from model.config import ModelConfig
 from model.transformer import DeepseekV32
 from model.weights import random_checkpoint
+from runtime import registry
 from runtime.ops import OpSet
+
+MODEL_PROVIDER_ENV = "DSA_MODEL_PROVIDER"
+PROVIDER_CALLS: collections.Counter = collections.Counter()  # (op, provider that ran) -> calls
 
 TINY = Path(__file__).resolve().parents[2] / "configs/models/tiny/config.json"
 PAGE = 16
@@ -29,13 +39,21 @@ def tiny_config(**overrides) -> ModelConfig:
 
 
 class RecordingOpSet(OpSet):
-    """OpSet.single(provider) that keeps every indexer_topk call: (args, indices)."""
+    """Every op from `provider` (default: $DSA_MODEL_PROVIDER, else torch), torch where it has no provider
+    of an op or declines a call; keeps every indexer_topk call: (args, indices)."""
 
-    def __init__(self, provider: str = "torch"):
-        super().__init__(OpSet.single(provider).selections)
+    def __init__(self, provider: Optional[str] = None):
+        provider = provider or os.environ.get(MODEL_PROVIDER_ENV) or "torch"
+        if not any(provider in registry.providers(op) for op in registry.OPS):
+            raise ValueError(f"{MODEL_PROVIDER_ENV}: provider {provider!r} has registered no op here")
+        order = dict.fromkeys([provider, "torch"])  # the provider, then torch as the fallback
+        have = {op: registry.providers(op) for op in registry.OPS}
+        super().__init__({op: registry.Selection(op, [have[op][n] for n in order if n in have[op]]) for op in registry.OPS})
         self.topk_calls: list[tuple[tuple, Tensor]] = []
 
     def call(self, op: str, *args):
+        ran = next((p.name for p in self.selections[op].usable if p.supports_args(*args) is None), None)
+        PROVIDER_CALLS[(op, ran)] += 1
         out = super().call(op, *args)
         if op == "indexer_topk":
             self.topk_calls.append((args, out))
@@ -58,7 +76,7 @@ class Runner:
         page_size: int = PAGE,
     ):
         self.config = config
-        self.ops = RecordingOpSet("torch")
+        self.ops = RecordingOpSet()
         self.model = DeepseekV32(config, self.ops, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8,
                                  fp8_weights=fp8_weights)
         self.model.load_hf_state_dict(weights)

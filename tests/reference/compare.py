@@ -6,12 +6,35 @@ assert_topk_equivalent: top-k index rows compared as sets, tie-aware.
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 from torch import Tensor
 
 from .fp8 import to_f64
 
 WORST_SHOWN = 5
+
+# Set by `dsa conformance` (runtime/conformance.py): called by assert_close with (name, stats) before it
+# decides, stats = {"abs": max |a-e|, "rel": max |a-e|/|e| over |e| > atol, "cos": global difference,
+# "tol_ratio": max |a-e| / max(atol, rtol*|e|) (<= 1 passes), "nonfinite_mismatch": bool}. None = off.
+recorder: Optional[Callable[[str, dict], None]] = None
+
+
+def _record(name: str, a: Tensor, e: Tensor, atol: float, rtol: float) -> None:
+    both = torch.isfinite(a) & torch.isfinite(e)
+    af, ef = a[both], e[both]
+    diff = (af - ef).abs()
+    big = ef.abs() > atol
+    stats = {
+        "abs": float(diff.max()) if diff.numel() else 0.0,
+        "rel": float((diff[big] / ef[big].abs()).max()) if big.any() else 0.0,
+        "cos": global_diff(af, ef) if diff.numel() else 0.0,
+        "tol_ratio": float(torch.where(diff == 0, 0.0, diff / torch.clamp(rtol * ef.abs(), min=atol)).max())
+        if diff.numel() else 0.0,
+        "nonfinite_mismatch": not torch.equal(torch.isfinite(a), torch.isfinite(e)),
+    }
+    recorder(name, stats)
 
 
 def _where(mask: Tensor, limit: int = WORST_SHOWN) -> list[tuple[int, ...]]:
@@ -33,6 +56,8 @@ def assert_close(actual: Tensor, expected: Tensor, atol: float, rtol: float, cos
     a, e = to_f64(actual.detach().cpu()), to_f64(expected.detach().cpu())
     if a.shape != e.shape:
         raise AssertionError(f"{name}: shape {tuple(a.shape)} != expected {tuple(e.shape)}")
+    if recorder is not None:
+        _record(name, a, e, atol, rtol)
 
     for label, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
         ma, me = test(a), test(e)
@@ -115,5 +140,7 @@ def assert_topk_equivalent(actual_idx: Tensor, ref_scores: Tensor, k_valid: Tens
                 f"row {t}: not a top-{want}: selected-only {[(v, round(scores[t, v].item(), 6)) for v in only_actual]} "
                 f"vs oracle-only {[(v, round(scores[t, v].item(), 6)) for v in only_ref]}"
             )
+    if recorder is not None:
+        recorder("top-k", {"topk_rows": T, "topk_bad_rows": len(problems)})
     if problems:
         raise AssertionError(f"{len(problems)} of {T} top-k rows wrong:\n  " + "\n  ".join(problems[:WORST_SHOWN]))

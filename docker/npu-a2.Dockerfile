@@ -1,0 +1,28 @@
+# dsa-runtime for Huawei Ascend A2 (Atlas 800T A2 / 910B, ascend910b): torch_npu and its CANN DSA ops
+# (npu_lightning_indexer, npu_sparse_flash_attention, npu_grouped_matmul), and the portable torch backend.
+#   docker build -f docker/npu-a2.Dockerfile -t dsa-runtime:npu-a2 .
+#   docker run (with the davinci device files and driver mounts, see README) dsa-runtime:npu-a2 conformance --device ascend-a2 --report /out
+# The base image brings CANN (toolkit + kernels) for this chip family and Python 3.11.
+ARG CANN_IMAGE=quay.io/ascend/cann:8.2.rc1-910b-ubuntu22.04-py3.11
+FROM ${CANN_IMAGE}
+
+# torch_npu X.Y.Z runs on torch X.Y.Z, the CPU build (torch_npu adds the device).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_NPU_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && pip install "torch-npu==${TORCH_NPU_VERSION}"
+
+WORKDIR /opt/dsa-runtime
+COPY . .
+RUN pip install -e ".[npu,test]" \
+    && install -m 0755 docker/npu-entrypoint.sh /usr/local/bin/dsa-npu
+
+# dsa-npu loads the CANN environment (set_env.sh), then runs `dsa` with the arguments given.
+ENTRYPOINT ["/usr/local/bin/dsa-npu"]
+CMD ["--help"]
