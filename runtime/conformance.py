@@ -36,6 +36,7 @@ from runtime.errors import DsaError, InputError, OutputDirError
 
 TESTS_ENV = "DSA_TESTS_DIR"
 MODEL_PROVIDER_ENV = "DSA_MODEL_PROVIDER"  # read by tests/model/helpers.py
+TEST_DEVICE_ENV = "DSA_TEST_DEVICE"  # read by tests/conformance/calling.py
 OP_TESTS = ("conformance",)
 MODEL_TESTS = ("model/test_oracle.py", "model/test_transformers_oracle.py")
 MODEL_ROW = "tiny model"
@@ -261,6 +262,22 @@ def _run_pytest(args: list[str], collector: Collector, env: Optional[dict] = Non
     return code
 
 
+def _prepare_environment() -> str:
+    """Before any backend is imported, as tests/conftest.py does for a plain pytest run: without a GPU,
+    Triton kernels run in its CPU interpreter. Returns where the op tests put their inputs
+    ($DSA_TEST_DEVICE, read by tests/conformance/calling.py; default: the accelerator found here)."""
+    import torch
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if TEST_DEVICE_ENV not in os.environ:
+        from runtime.detect import detect
+
+        os.environ[TEST_DEVICE_ENV] = {"cuda": "cuda", "rocm": "cuda", "npu": "npu"}.get(detect().platform, "cpu")
+    return os.environ[TEST_DEVICE_ENV]
+
+
 def _machine() -> dict:
     import torch
 
@@ -292,6 +309,7 @@ def run_conformance(
     except ImportError:
         raise DsaError("`dsa conformance` needs pytest: pip install 'dsa-runtime[test]'") from None
     tests = find_tests(tests_dir)
+    device = _prepare_environment()
     loaded = None
     if profile is not None:
         from runtime.profile import load_profile
@@ -349,6 +367,12 @@ def run_conformance(
     if loaded is not None and (loaded.platform, loaded.arch) != (machine["platform"], machine["arch"]):
         notes.append(f"profile {loaded.name} is for {loaded.platform}/{loaded.arch}, but this machine is "
                      f"{machine['platform']}/{machine['arch']}: this run does not certify that hardware")
+    if "triton" in names and os.environ.get("TRITON_INTERPRET") == "1":
+        notes.append("Triton kernels ran in Triton's CPU interpreter (TRITON_INTERPRET=1, no GPU here): this checks "
+                     "their logic, not their execution on a GPU")
+    if device != "cpu":
+        notes.append(f"the tiny-model rows run on the CPU (only providers that take CPU tensors are exercised there); "
+                     f"the op rows run on {device}")
     failed = any(r.status == "fail" for r in rows.values()) or bool(errors)
     report = {
         "format": REPORT_FORMAT,
@@ -357,6 +381,7 @@ def run_conformance(
         "duration_s": round(time.monotonic() - t0, 1),
         "command": command or "dsa conformance",
         "machine": machine,
+        "tensors_on": device,
         "profile": loaded.name if loaded is not None else None,
         "providers": names,
         "not_installed": {n: registry.KNOWN_PROVIDERS.get(n, "unknown backend") for n in names if n not in installed},
@@ -411,7 +436,7 @@ def render_markdown(report: dict) -> str:
         f"# dsa conformance: {report['result'].upper()}",
         "",
         f"- machine: {m['name']} ({m['platform']}/{m['arch']}) x{m['device_count']}; torch {m['torch']}, "
-        f"python {m['python']}, dsa-runtime {m['dsa_runtime']}",
+        f"python {m['python']}, dsa-runtime {m['dsa_runtime']}; op inputs on {report['tensors_on']}",
         f"- profile: {report['profile'] or '(none)'}; providers: {', '.join(report['providers']) or '(none installed)'}"
         + (f"; not installed here: {', '.join(report['not_installed'])}" if report["not_installed"] else ""),
         f"- command: `{report['command']}`" + (f" (cases matching -k `{report['keyword']}`)" if report["keyword"] else ""),

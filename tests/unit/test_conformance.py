@@ -109,3 +109,18 @@ def test_run_reports_pass_fail_worst_errors_and_exits_1(broken_fp8_linear, absen
     assert md.startswith("# dsa conformance: FAIL")
     assert "| fp8_linear | test-broken | FAIL | 2 | 0 | 2 | 0 |" in md
     assert "### fp8_linear x test-broken" in md and "exceed atol" in md
+
+
+def test_call_op_moves_inputs_to_the_test_device_and_outputs_back(monkeypatch):
+    """$DSA_TEST_DEVICE (set by `dsa conformance` on GPU / NPU hosts): inputs go there, outputs come back.
+    Here "cpu:0" stands in for an accelerator; the result must equal a plain call."""
+    import torch
+
+    from tests.conformance.calling import DEVICE_ENV, call_op
+
+    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    plain = call_op("act_quant", "torch", x, 128, False)
+    monkeypatch.setenv(DEVICE_ENV, "cpu:0")
+    moved = call_op("act_quant", "torch", x, 128, False)
+    assert all(torch.equal(a.view(torch.uint8) if a.dtype == torch.float8_e4m3fn else a,
+                           b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b) for a, b in zip(plain, moved))
