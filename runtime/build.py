@@ -88,11 +88,12 @@ def check_random_weights_fit(source: ModelSource, bytes_per_param: int = 2) -> N
 
 
 def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtype: str, indexer_fp8: bool = True,
-                seed: int = 0, weights: str = "bf16", progress: Optional[bool] = None):
+                seed: int = 0, weights: str = "bf16", progress: Optional[bool] = None, parallel=None):
     """The shared graph with weights: seeded random for configs, the checkpoint for directories.
 
     weights (the plan's): "fp8" keeps a checkpoint's fp8 weights + block scales, "bf16" dequantises them
-    to `dtype`. Checkpoints are checked (runtime.loader) before any tensor data is read.
+    to `dtype`. Checkpoints are checked (runtime.loader) before any tensor data is read. parallel: a
+    model.parallel.ParallelGroups; this rank gets (and, from a checkpoint, reads) only its parts.
     """
     from model.transformer import DeepseekV32
     from model.weights import random_checkpoint
@@ -101,12 +102,16 @@ def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtyp
         from runtime.loader import load_model
 
         return load_model(source.checkpoint_dir, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
-                          indexer_fp8=indexer_fp8, weights=weights, progress=progress)
+                          indexer_fp8=indexer_fp8, weights=weights, progress=progress, parallel=parallel)
     check_random_weights_fit(source)
     with torch.device("cpu"):
         model = DeepseekV32(source.config, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8,
                             fp8_weights=False)  # random weights are generated unquantised
     model.load_hf_state_dict(random_checkpoint(source.config, seed, fp8=False, dtype=dtype))
+    if parallel is not None:  # every rank draws the same weights, then keeps its parts
+        from model.parallel import parallelize
+
+        parallelize(model, parallel)
     return model.eval()
 
 

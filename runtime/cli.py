@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="format the prompt with the checkpoint's chat template (the default when it has one)")
     fmt.add_argument("--raw", dest="chat", action="store_const", const=False, help="send the prompt text as is")
     run.add_argument("--max-seq-len", type=int, help="context limit (default: the model's max_position_embeddings)")
+    run.add_argument("--nproc", type=int, help="start this many local processes (one per rank of the layout); "
+                     "multi-node: launch with torchrun instead (README, Multi-device and multi-node)")
     _add_layout_flags(run)
 
     plan = sub.add_parser("plan", help="memory per device and the smallest layout that fits; providers per op")
@@ -146,21 +148,18 @@ def _read_prompt(args) -> str:
 
 
 def cmd_run(args) -> int:
-    from runtime.build import DTYPES, build_model, load_source_tokenizer, prompt_ids
+    from runtime import distributed
+    from runtime.build import load_source_tokenizer, prompt_ids
     from runtime.detect import detect
-    from runtime.engine import Engine, SamplingParams, check_prompt_fits
-    from runtime.tokenizer import clean_text
+    from runtime.engine import SamplingParams, check_prompt_fits
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)  # validate before any heavy work
     prompt = None if args.interactive else _read_prompt(args)
     profile, source, plan = _plan(args)
     plan.check_runnable(detect())
-    if plan.world_size != 1:
-        raise DsaError(
-            f"profile {profile.name} lays the model over {plan.world_size} devices (tp/dp/ep); multi-device runs are "
-            "not available in this version - pass --tp 1 --dp 1 --ep 1 --nodes 1 for a single device"
-        )
+    # layout vs model and vs the launched processes: checked before any weight is read
+    distributed.check_launch(plan, args.nproc, fp8_weights=plan.weights == "fp8" and not source.random_weights)
     if args.max_seq_len is not None and not 1 < args.max_seq_len <= source.config.max_position_embeddings:
         raise InputError(f"--max-seq-len must be in [2, {source.config.max_position_embeddings}], got {args.max_seq_len}")
     tokenizer = load_source_tokenizer(source)
@@ -170,30 +169,70 @@ def cmd_run(args) -> int:
     max_seq_len = args.max_seq_len or source.config.max_position_embeddings
     if prompt is not None:
         check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), max_seq_len)  # before any heavy work
+    if distributed.must_spawn(plan, args.nproc):  # this process only starts and waits for the ranks
+        return distributed.spawn_local(args.nproc, args.argv)
+    groups = distributed.init(plan)  # None: one process
+    try:
+        return _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq_len, groups)
+    finally:
+        distributed.shutdown(groups)
+
+
+def _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq_len, groups) -> int:
+    """Build, then answer the prompt(s). Several ranks: only rank 0 prints and reads stdin; DP group 0
+    serves the prompts while the other DP groups run dummy forwards in step (runtime.distributed)."""
+    import dataclasses
+
+    from runtime import distributed
+    from runtime.build import DTYPES, build_model, prompt_ids
+    from runtime.engine import Engine, check_prompt_fits
+    from runtime.tokenizer import clean_text
+
+    rank0 = groups is None or groups.rank == 0
+    serving = groups is None or groups.dp_rank == 0
+    params = dataclasses.replace(params, seed=distributed.shared_seed(params.seed, groups))
     dtype = DTYPES[plan.dtype]
     model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed,
-                        weights=plan.weights)
-    engine = Engine(model, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
+                        weights=plan.weights, parallel=groups)
+    step = distributed.Lockstep(model, groups, plan.page_size) if groups and groups.dp_attention > 1 else model
+    engine = Engine(step, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
                     max_seq_len=max_seq_len, eos_token_ids=tuple(tokenizer.eos_token_ids))
-    print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
-          f"{profile.name}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()), file=sys.stderr, flush=True)
+    if rank0:
+        lay = plan.layout
+        ranks = f" over {plan.world_size} ranks (tp {lay.tp}, dp {lay.dp_attention}, ep {lay.ep})" if groups else ""
+        print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
+              f"{profile.name}{ranks}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()),
+              file=sys.stderr, flush=True)
+    out = sys.stdout if rank0 else None
+
+    def write(text: str) -> None:
+        if out is not None:
+            out.write(printable(text))
+            out.flush()
 
     def answer(text: str) -> None:
         ids = prompt_ids(tokenizer, text, chat)
         check_prompt_fits(len(ids), engine.max_seq_len)  # before echoing anything
         stream = tokenizer.stream_decoder()
-        if not chat:  # raw text: print the continuation after the prompt; chat: only the reply
-            sys.stdout.write(printable(clean_text(text)))
-        for token in engine.generate(ids, params):
-            sys.stdout.write(printable(stream.push(token)))
-            sys.stdout.flush()
-        sys.stdout.write(printable(stream.flush()) + "\n")
-        print(f"[{engine.last_stats.summary()}]", flush=True)
+        if serving:
+            if not chat:  # raw text: print the continuation after the prompt; chat: only the reply
+                write(clean_text(text))
+            for token in engine.generate(ids, params):
+                write(stream.push(token))
+            write(stream.flush() + "\n")
+            if rank0:
+                print(f"[{engine.last_stats.summary()}]", flush=True)
+        if step is not model:
+            step.drain()  # in step with the DP groups still generating
 
     if not args.interactive:
         answer(prompt)
         return 0
-    for line in sys.stdin:
+    lines = sys.stdin if rank0 else iter(())
+    while True:
+        line = distributed.broadcast(next(lines, None) if rank0 else None, groups)
+        if line is None:
+            break
         line = line.rstrip("\n")
         if line.strip() in ("exit", "quit"):
             break
@@ -201,7 +240,8 @@ def cmd_run(args) -> int:
             try:
                 answer(line)
             except InputError as err:  # a bad prompt must not end the session
-                print(f"error: {err}", file=sys.stderr)
+                if rank0:
+                    print(f"error: {err}", file=sys.stderr)
     return 0
 
 
@@ -236,11 +276,21 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices, "make-chec
             "conformance": cmd_conformance}
 
 
+def cmd_bench(args) -> int:
+    from runtime.bench import cmd_bench as bench
+
+    return bench(args)
+
+
+COMMANDS["bench"] = cmd_bench
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # usage error (2) or --help (0): already printed
         return int(exit_.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `dsa run --nproc` passes it on to the ranks
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[dsa] %(message)s")
     try:
         return COMMANDS[args.command](args)

@@ -13,7 +13,10 @@ fp8 weights keep their `weight_scale_inv` when the plan keeps fp8 weights (`weig
 are dequantised to the compute dtype (128 x 128 blocks, partial edge blocks) as they are read.
 
 Per-rank loading: every read asks a `TensorSlicer` which part of HF tensor X this rank holds
-(`FULL` = all of it, the single-device case), so a parallel layout only supplies a slicer.
+(`FULL` = all of it, the single-device case; `NOT_HELD` = none: the tensor is not read, and a shard
+holding nothing for this rank is not opened), so a parallel layout only supplies a slicer.
+`load_model(..., parallel=groups)` shards the meta model with model.parallel.parallelize and uses the
+slicer it returns. Held routed experts fill the stacked expert rows in expert order.
 
 The multi-token-prediction layer (stored after the decoder layers, layer 61 in the 671B release) is
 not read: plain decoding does not use it. The skip is logged once per checkpoint.
@@ -35,6 +38,7 @@ from torch import Tensor
 
 from model.config import ModelConfig
 from model.layers import WEIGHT_BLOCK
+from model.parallel import NOT_HELD
 from model.transformer import EXPERT_NAME, LAYER_NAME
 from runtime.errors import CheckpointError, ConfigError
 
@@ -60,8 +64,9 @@ FLOAT_DTYPES = ("F32", "BF16", "F16")  # a non-fp8 tensor may be stored in any o
 ST_NAME = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float8_e4m3fn: "F8_E4M3"}
 
 TensorSlicer = Callable[[str, tuple[int, ...]], Optional[tuple[slice, ...]]]
-"""(HF tensor name, its full shape) -> the slices (one per dim) this rank holds, or None for all of it.
-The result must have the shape of the model parameter (or expert row) the tensor lands in."""
+"""(HF tensor name, its full shape) -> the slices (one per dim) this rank holds, None for all of it, or
+NOT_HELD for none of it. The result must have the shape of the model parameter (or expert row) the
+tensor lands in."""
 
 
 def FULL(name: str, shape: tuple[int, ...]) -> None:
@@ -299,12 +304,14 @@ def load_model(
     device: str | torch.device = "cpu",
     slicer: TensorSlicer = FULL,
     progress: Optional[bool] = None,
+    parallel=None,
 ):
     """Build DeepseekV32 on the meta device and fill it from the checkpoint's shards; returns it in eval mode.
 
     weights: "fp8" keeps fp8 weights + block scales (when the checkpoint has them), "bf16" stores every
     weight in the compute `dtype` (fp8 weights dequantised). progress: None = a progress line on a
-    terminal for loads over 256 MiB; False = never; True = on a terminal.
+    terminal for loads over 256 MiB; False = never; True = on a terminal. parallel: a
+    model.parallel.ParallelGroups; the model is sharded for its layout and each rank reads its parts.
     """
     from model.transformer import DeepseekV32
 
@@ -317,6 +324,12 @@ def load_model(
     with torch.device("meta"):
         model = DeepseekV32(config, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8,
                             fp8_weights=keep_fp8)
+    if parallel is not None:
+        from model.parallel import parallelize
+
+        if slicer is not FULL:
+            raise ValueError("load_model: pass a slicer or parallel, not both")
+        slicer = parallelize(model, parallel).slicer  # layout errors here, before any tensor data
     reads = _plan_reads(ckpt, model.state_dict(), keep_fp8, slicer)  # all shape checks, before any data
     # allocate every parameter / persistent buffer once; `targets` share their storage
     model.load_state_dict({k: torch.empty(v.shape, dtype=v.dtype, device=device) for k, v in model.state_dict().items()},
@@ -325,8 +338,9 @@ def load_model(
 
     by_shard: dict[str, list[TensorInfo]] = {}
     for t in ckpt.tensors.values():
-        by_shard.setdefault(t.shard, []).append(t)
-    total = sum(t.nbytes for t in ckpt.tensors.values())
+        if t.name in reads:  # tensors this rank holds no part of are not read
+            by_shard.setdefault(t.shard, []).append(t)
+    total = sum(t.nbytes for ts in by_shard.values() for t in ts)
     bar = _Progress(len(by_shard), enabled=progress, total_bytes=total)
     pending: dict[str, tuple[Tensor, TensorInfo]] = {}  # fp8 weights / scales waiting for their partner (possibly in a later shard)
     from safetensors import safe_open
@@ -356,11 +370,20 @@ def _plan_reads(ckpt: Checkpoint, state: dict[str, Tensor], keep_fp8: bool, slic
     strict check: every parameter / expert row is filled exactly once."""
     reads: dict[str, _Read] = {}
     filled: dict[tuple[str, Optional[int]], str] = {}
-    for name, info in ckpt.tensors.items():
+    held = {name: info for name, info in ckpt.tensors.items() if slicer(name, info.shape) is not NOT_HELD}
+    rows: dict[str, int] = {}  # per-expert HF name -> row of the stacked parameter (held experts, in order)
+    by_stack: dict[str, list[tuple[int, str]]] = {}
+    for name in held:
+        m = EXPERT_NAME.match(name)
+        if m is not None:
+            by_stack.setdefault(f"{m.group(1)}.{m.group(3)}.{m.group(4)}", []).append((int(m.group(2)), name))
+    for experts in by_stack.values():
+        rows.update((name, row) for row, (_, name) in enumerate(sorted(experts)))
+    for name, info in held.items():
         m = EXPERT_NAME.match(name)
         if m is not None:
             key = f"{m.group(1)}.{m.group(3)}" + ("_scale_inv" if m.group(4) == "weight_scale_inv" else "")
-            expert: Optional[int] = int(m.group(2))
+            expert: Optional[int] = rows[name]
         else:
             key, expert = name, None
         if name.endswith(".weight_scale_inv") and not keep_fp8:
