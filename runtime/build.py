@@ -87,8 +87,21 @@ def check_random_weights_fit(source: ModelSource, bytes_per_param: int = 2) -> N
         )
 
 
+def torch_device(platform: str) -> torch.device:
+    """Where the model and its caches live on this rank: the profile's platform, local device LOCAL_RANK
+    (set by torchrun and `dsa run --nproc`; 0 for one process). ROCm builds of torch call GPUs "cuda"."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if platform in ("cuda", "rocm"):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if platform == "npu":
+        return torch.device("npu", local_rank)
+    return torch.device("cpu")
+
+
 def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtype: str, indexer_fp8: bool = True,
-                seed: int = 0, weights: str = "bf16", progress: Optional[bool] = None, parallel=None):
+                seed: int = 0, weights: str = "bf16", progress: Optional[bool] = None, parallel=None,
+                device: torch.device | str = "cpu"):
     """The shared graph with weights: seeded random for configs, the checkpoint for directories.
 
     weights (the plan's): "fp8" keeps a checkpoint's fp8 weights + block scales, "bf16" dequantises them
@@ -102,7 +115,8 @@ def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtyp
         from runtime.loader import load_model
 
         return load_model(source.checkpoint_dir, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
-                          indexer_fp8=indexer_fp8, weights=weights, progress=progress, parallel=parallel)
+                          indexer_fp8=indexer_fp8, weights=weights, progress=progress, parallel=parallel,
+                          device=device)
     check_random_weights_fit(source)
     with torch.device("cpu"):
         model = DeepseekV32(source.config, opset, dtype=dtype, kv_cache_dtype=kv_cache_dtype, indexer_fp8=indexer_fp8,
@@ -112,7 +126,7 @@ def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtyp
         from model.parallel import parallelize
 
         parallelize(model, parallel)
-    return model.eval()
+    return model.to(device).eval()
 
 
 def load_source_tokenizer(source: ModelSource):

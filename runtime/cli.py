@@ -184,7 +184,7 @@ def _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq
     import dataclasses
 
     from runtime import distributed
-    from runtime.build import DTYPES, build_model, prompt_ids
+    from runtime.build import DTYPES, build_model, prompt_ids, torch_device
     from runtime.engine import Engine, check_prompt_fits
     from runtime.tokenizer import clean_text
 
@@ -193,7 +193,7 @@ def _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq
     params = dataclasses.replace(params, seed=distributed.shared_seed(params.seed, groups))
     dtype = DTYPES[plan.dtype]
     model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed,
-                        weights=plan.weights, parallel=groups)
+                        weights=plan.weights, parallel=groups, device=torch_device(profile.platform))
     step = distributed.Lockstep(model, groups, plan.page_size) if groups and groups.dp_attention > 1 else model
     engine = Engine(step, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
                     max_seq_len=max_seq_len, eos_token_ids=tuple(tokenizer.eos_token_ids))

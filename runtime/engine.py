@@ -101,6 +101,7 @@ class Engine:
     indexer_fp8: bool = True
     max_seq_len: Optional[int] = None
     eos_token_ids: tuple[int, ...] = (1,)
+    device: Optional[torch.device] = None  # None: the model's parameters' device
     last_stats: GenerationStats = field(default_factory=GenerationStats)
 
     def __post_init__(self):
@@ -108,10 +109,14 @@ class Engine:
             self.max_seq_len = self.config.max_position_embeddings
         if self.page_size < 1:
             raise InputError(f"page_size must be >= 1, got {self.page_size}")
+        if self.device is None:
+            params = getattr(self.model, "parameters", None)
+            first = next(params(), None) if params is not None else None
+            self.device = first.device if first is not None else torch.device("cpu")
         num_blocks = -(-self.max_seq_len // self.page_size)
         self.cache = PagedCache(
             self.config, num_blocks=num_blocks, page_size=self.page_size,
-            kv_cache_dtype=self.kv_cache_dtype, dtype=self.dtype, indexer_fp8=self.indexer_fp8,
+            kv_cache_dtype=self.kv_cache_dtype, dtype=self.dtype, indexer_fp8=self.indexer_fp8, device=self.device,
         )
         self.allocator = BlockAllocator(num_blocks)
 
@@ -121,9 +126,9 @@ class Engine:
         if needed > len(blocks):
             blocks.extend(self.allocator.allocate(needed - len(blocks)))
         batch = Batch.build(new_lens=[len(tokens)], context_lens=[context_len], block_tables=[blocks],
-                            page_size=self.page_size)
-        ids = torch.tensor(tokens, dtype=torch.long)
-        return self.model(ids, batch, self.cache, last_only=True)[0]
+                            page_size=self.page_size, device=self.device)
+        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
+        return self.model(ids, batch, self.cache, last_only=True)[0].cpu()  # sampling runs on the host
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:

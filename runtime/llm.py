@@ -43,7 +43,7 @@ class LLM:
     """
 
     def __init__(self, model: Optional[str] = None, device: str = "cpu", **overrides):
-        from runtime.build import DTYPES, build_model, load_source_tokenizer, resolve_model
+        from runtime.build import DTYPES, build_model, load_source_tokenizer, resolve_model, torch_device
         from runtime.detect import detect
         from runtime.engine import Engine
         from runtime.plan import make_plan
@@ -68,7 +68,8 @@ class LLM:
         self.indexer_fp8 = opts.get("indexer_fp8", True)
         dtype = DTYPES[plan.dtype]
         self.model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype,
-                                 indexer_fp8=self.indexer_fp8, seed=opts.get("weights_seed", 0), weights=plan.weights)
+                                 indexer_fp8=self.indexer_fp8, seed=opts.get("weights_seed", 0), weights=plan.weights,
+                                 device=torch_device(plan.profile.platform))
         self.engine = Engine(self.model, config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype,
                              dtype=dtype, indexer_fp8=self.indexer_fp8,
                              max_seq_len=max_seq_len or config.max_position_embeddings,
@@ -131,8 +132,10 @@ class LLM:
         engine = self.engine
         blocks = engine.allocator.allocate(-(-len(ids) // engine.page_size))
         try:
-            batch = Batch.build(new_lens=[len(ids)], context_lens=[0], block_tables=[blocks], page_size=engine.page_size)
-            return self.model(torch.tensor(ids, dtype=torch.long), batch, engine.cache).float()
+            batch = Batch.build(new_lens=[len(ids)], context_lens=[0], block_tables=[blocks], page_size=engine.page_size,
+                                device=engine.device)
+            ids = torch.tensor(ids, dtype=torch.long, device=engine.device)
+            return self.model(ids, batch, engine.cache).float().cpu()
         finally:
             engine.allocator.free(blocks)
 
