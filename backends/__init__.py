@@ -5,4 +5,9 @@ Each backend package registers its providers with `runtime.registry.register` wh
 kernel libraries lazily, so a missing library makes their providers "not installed", never an error.
 
     torch/   portable pure-PyTorch implementation of every op (runs wherever torch runs)
+    triton/  Triton kernels for CUDA and ROCm (CPU tensors under TRITON_INTERPRET=1 for tests)
+    cuda/    adapters to FlashMLA and DeepGEMM
+    rocm/    adapters to AITER
+    npu/     adapters to torch_npu / CANN DSA ops
+    adapt.py translations the vendor adapters share (index encodings, head padding, group layouts)
 """
