@@ -40,6 +40,7 @@ from torch import Tensor
 
 from backends.triton.common import INTERPRETING, target_reason, tensors_reason
 from runtime.ops import kv_format
+from runtime.ops.sparse_mla_decode import check_args
 from runtime.registry import Target, register as _register
 
 LOG2E = 1.4426950408889634
@@ -304,16 +305,9 @@ def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens
                       sm_scale: float, d_v: int, *, block_h: Optional[int] = None, block_k: Optional[int] = None,
                       num_splits: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """Sparse MLA over the paged cache (bf16/fp32 or packed fp8 uint8). See runtime.ops.sparse_mla_decode."""
-    if q.dim() != 4 or kv_cache.dim() != 4 or kv_cache.shape[2] != 1 or indices.dim() != 3:
-        raise ValueError(f"sparse_mla_decode: expected q [B, s_q, H, D], kv_cache [blocks, page, 1, D or P], "
-                         f"indices [B, s_q, K]; got {tuple(q.shape)}, {tuple(kv_cache.shape)}, {tuple(indices.shape)}")
+    check_args(q, kv_cache, block_table, seq_lens, indices, d_v)
     B, s_q, H, D = q.shape
     num_blocks, page = kv_cache.shape[:2]
-    if indices.shape[:2] != (B, s_q) or block_table.dim() != 2 or block_table.shape[0] != B or tuple(seq_lens.shape) != (B,):
-        raise ValueError(f"sparse_mla_decode: batch mismatch: q {tuple(q.shape)}, indices {tuple(indices.shape)}, "
-                         f"block_table {tuple(block_table.shape)}, seq_lens {tuple(seq_lens.shape)}")
-    if not 0 < d_v <= D:
-        raise ValueError(f"sparse_mla_decode: d_v={d_v} must be in (0, {D}]")
     fp8 = kv_cache.dtype == torch.uint8
     if fp8:
         width = kv_format.packed_bytes(d_v, D - d_v)

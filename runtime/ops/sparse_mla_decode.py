@@ -42,3 +42,16 @@ def sparse_mla_decode(
     with no valid index.
     """
     raise NotImplementedError
+
+
+def check_args(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tensor, indices: Tensor, d_v: int) -> None:
+    """The contract's shape rules, shared by every provider: a ValueError naming the mismatch."""
+    if q.dim() != 4 or kv_cache.dim() != 4 or kv_cache.shape[2] != 1 or indices.dim() != 3:
+        raise ValueError(f"sparse_mla_decode: expected q [B, s_q, H, D], kv_cache [blocks, page, 1, D or P], "
+                         f"indices [B, s_q, K]; got {tuple(q.shape)}, {tuple(kv_cache.shape)}, {tuple(indices.shape)}")
+    B, s_q, _, D = q.shape
+    if indices.shape[:2] != (B, s_q) or block_table.dim() != 2 or block_table.shape[0] != B or tuple(seq_lens.shape) != (B,):
+        raise ValueError(f"sparse_mla_decode: batch mismatch: q {tuple(q.shape)}, indices {tuple(indices.shape)}, "
+                         f"block_table {tuple(block_table.shape)}, seq_lens {tuple(seq_lens.shape)}")
+    if not 0 < d_v <= D:
+        raise ValueError(f"sparse_mla_decode: d_v={d_v} must be in (0, {D}]")
