@@ -1,11 +1,14 @@
-"""indexer_topk in plain PyTorch: chunked lightning-indexer scores, then a stable descending sort."""
+"""indexer_topk in plain PyTorch: chunked lightning-indexer scores, then an exact top-k with a stable tie-break."""
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-# Budget for one chunk's [Tc, H, S] fp32 logits (~64 MiB): peak memory does not grow with T.
+from backends.torch.blocks import fp8_to_float
+
+# Budget for one chunk of queries (~64 MiB): peak memory does not grow with T.
 _CHUNK_BYTES = 64 * 1024 * 1024
+_KEY_CHUNK = 4096  # keys scored at a time (see scores)
 
 
 def _check(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> None:
@@ -25,11 +28,25 @@ def _check(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
         raise ValueError(f"indexer_topk: topk must be >= 0, got {topk}")
 
 
+def _f32(x: Tensor) -> Tensor:
+    return fp8_to_float(x) if x.dtype == torch.float8_e4m3fn else x.float()
+
+
 def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
-    """Masked index scores of a chunk of queries: [Tc, S] fp32, -inf where s is not visible."""
-    logits = torch.einsum("thd,sd->ths", q.float(), k.float()).relu_()  # fp8 -> fp32 for the math  # [Tc, H, S]
-    s = torch.einsum("ths,th->ts", logits, weights.float()) * k_scale.float()  # [Tc, S]
-    pos = torch.arange(k.shape[0], device=q.device)  # [S]
+    """Masked index scores of a chunk of queries: [Tc, S] fp32, -inf where s is not visible.
+
+    Keys are scored _KEY_CHUNK at a time (fp8 -> fp32 per chunk), so their fp32 copy and the
+    [Tc, H, chunk] logits stay cache-sized however long the context is.
+    """
+    Tc, H, D = q.shape
+    S = k.shape[0]
+    qf, w = _f32(q).reshape(Tc * H, D), weights.float()
+    s = torch.empty(Tc, S, dtype=torch.float32, device=q.device)
+    for s0 in range(0, S, _KEY_CHUNK):
+        s1 = min(S, s0 + _KEY_CHUNK)
+        logits = (qf @ _f32(k[s0:s1]).t()).relu_().view(Tc, H, s1 - s0)  # [Tc, H, n]
+        s[:, s0:s1] = torch.einsum("ths,th->ts", logits, w) * k_scale[s0:s1].float()
+    pos = torch.arange(S, device=q.device)  # [S]
     visible = (pos >= starts.unsqueeze(1).long()) & (pos < ends.unsqueeze(1).long())  # [Tc, S]
     return s.masked_fill_(~visible, float("-inf"))
 
@@ -43,15 +60,31 @@ def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts:
     kk = min(topk, S)
     if T == 0 or kk == 0:
         return out
-    chunk = max(1, _CHUNK_BYTES // (4 * H * S))
-    kf = k.float()  # [S, D] converted once, not per chunk
+    chunk = max(1, _CHUNK_BYTES // (4 * H * min(S, _KEY_CHUNK) + 16 * S))  # logits + scores + sort output
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
-        sc = scores(q[t0:t1], weights[t0:t1], kf, k_scale, starts[t0:t1], ends[t0:t1])  # [Tc, S]
-        # Equal scores go to the lower position (a stable sort), so prefill and decode - which see
-        # different numbers of keys - pick the same set: ReLU makes exact ties at 0 common.
-        vals, idx = torch.sort(sc, dim=1, descending=True, stable=True)
-        vals, idx = vals[:, :kk], idx[:, :kk]  # valid (finite) first
-        idx = idx.masked_fill_(vals == float("-inf"), -1)
-        out[t0:t1, :kk] = idx.to(torch.int32)
+        sc = scores(q[t0:t1], weights[t0:t1], k, k_scale, starts[t0:t1], ends[t0:t1])  # [Tc, S]
+        out[t0:t1, :kk] = top_positions(sc, kk).to(torch.int32)
     return out
+
+
+_NEG_INF_KEY = torch.tensor(float("-inf")).view(torch.int32).item() ^ 0x7FFFFFFF
+
+
+def top_positions(sc: Tensor, kk: int) -> Tensor:
+    """The kk best positions of each row of sc [Tc, S] (fp32, -inf = not visible), int64 [Tc, kk]:
+    highest score first, equal scores lower position first, -1 for -inf.
+
+    That order is a stable descending sort's. Equal scores must go to the lower position so prefill and
+    decode - which see different numbers of keys - pick the same set (ReLU makes exact ties at 0 common).
+    A full stable sort of S scores costs several times a top-k, so each score is packed with its
+    position into one int64 key - the float's bits mapped to an order-preserving int32 in the high
+    half, S - 1 - position in the low half - and torch.topk picks the same kk in the same order.
+    """
+    S = sc.shape[1]
+    bits = (sc + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0: they tie, as in a float sort
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # negative floats: reverse their bit order
+    rank = S - 1 - torch.arange(S, dtype=torch.int64, device=sc.device)
+    top = torch.topk((bits.to(torch.int64) << 32) | rank, kk, dim=1).values  # [Tc, kk] descending
+    idx = (S - 1) - (top & 0xFFFFFFFF)
+    return idx.masked_fill_((top >> 32) == _NEG_INF_KEY, -1)

@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 
 from runtime.ops import kv_format
+from runtime.ops.sparse_mla_decode import check_args
 
-# Budget for one chunk's temporaries, ~64 MiB: the gathered keys exist about three times over (the
-# fetched copy, the fp32 [Rc, K, Dqk] block, the value slice) plus scores and probabilities.
+# Budget for one chunk's temporaries, ~64 MiB: the gathered keys exist about twice (the fetched copy
+# and its fp32 [Rc, K, Dqk] form) plus scores and probabilities.
 _CHUNK_BYTES = 64 * 1024 * 1024
 
-Fetch = Callable[[Tensor], Tensor]  # row ids [n] int64 (all valid) -> keys [n, Dqk] fp32
+Fetch = Callable[[Tensor], Tensor]  # row ids [n] int64 (all valid) -> keys [n, Dqk] fp32, a new tensor
 
 
 def attend_selected(q: Tensor, rows: Tensor, fetch: Fetch, sm_scale: float, d_v: int) -> tuple[Tensor, Tensor]:
@@ -35,26 +36,47 @@ def attend_selected(q: Tensor, rows: Tensor, fetch: Fetch, sm_scale: float, d_v:
     lse = torch.full((R, H), float("inf"), dtype=torch.float32, device=q.device)
     if R == 0 or K == 0:
         return out, lse
-    chunk = max(1, _CHUNK_BYTES // (4 * K * (3 * D + 2 * H)))
+    chunk = max(1, _CHUNK_BYTES // (4 * K * (2 * D + 2 * H)))
     for r0 in range(0, R, chunk):
         r1 = min(R, r0 + chunk)
         idx = rows[r0:r1]  # [Rc, K]
         valid = idx >= 0  # [Rc, K]
-        keys = torch.zeros(r1 - r0, K, D, dtype=torch.float32, device=q.device)  # [Rc, K, Dqk]
-        if valid.any():
-            keys[valid] = fetch(idx[valid])
-        s = torch.einsum("rhd,rkd->rhk", q[r0:r1].float(), keys) * sm_scale  # [Rc, H, K]
+        idx, valid = _compact(idx, valid)  # [Rc, k] with k = the most valid keys of any row (<= K)
+        Rc, k = idx.shape
+        if k == 0:
+            continue  # out 0, lse +inf already
+        # Skipped slots fetch their row's first valid key (compaction put one first): a finite key the row
+        # reads anyway, weighted by exactly 0 below (a fixed row such as 0 could hold inf / NaN: 0 * inf).
+        safe = torch.where(valid, idx, idx[:, :1].clamp_min(0))
+        keys = fetch(safe.reshape(-1)).view(Rc, k, D)  # [Rc, k, Dqk] fp32, one gather
+        s = torch.bmm(q[r0:r1].float(), keys.transpose(1, 2)).mul_(sm_scale)  # [Rc, H, k]
         s.masked_fill_(~valid.unsqueeze(1), float("-inf"))
         m = s.amax(dim=-1, keepdim=True)  # [Rc, H, 1]; -inf for a row with nothing valid
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        p = torch.exp(s - m)  # [Rc, H, K]; exactly 0 at skipped keys
+        p = torch.exp_(s.sub_(m))  # [Rc, H, k]; exactly 0 at skipped keys
         denom = p.sum(dim=-1)  # [Rc, H]
-        o = torch.einsum("rhk,rkv->rhv", p, keys[..., :d_v])  # [Rc, H, d_v]
+        o = torch.bmm(p, keys[..., :d_v])  # [Rc, H, d_v]
         empty = ~valid.any(dim=-1, keepdim=True).expand(-1, H)  # [Rc, H]: no valid key in the row
         denom_safe = torch.where(empty, torch.ones_like(denom), denom)
         out[r0:r1] = (o / denom_safe.unsqueeze(-1)).masked_fill_(empty.unsqueeze(-1), 0.0)
         lse[r0:r1] = torch.where(empty, torch.full_like(denom, float("inf")), torch.log(denom_safe) + m.squeeze(-1))
     return out, lse
+
+
+def _compact(idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop the columns no row needs: [Rc, K] -> [Rc, k], k = max valid per row, valid entries first.
+
+    The indexer returns its picks first and -1 padding after, so usually this is a slice; any other
+    layout is compacted by a stable sort of the valid flags.
+    """
+    counts = valid.sum(dim=1)
+    k = int(counts.max()) if counts.numel() else 0
+    if k == idx.shape[1]:
+        return idx, valid
+    if not bool(valid[:, k:].any()):
+        return idx[:, :k], valid[:, :k]
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :k]
+    return idx.gather(1, order), valid.gather(1, order)
 
 
 def sparse_mla_prefill(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, d_v: int) -> tuple[Tensor, Tensor]:
@@ -70,7 +92,7 @@ def sparse_mla_prefill(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, 
     idx = indices.long()
     rows = torch.where((idx >= 0) & (idx < S), idx, torch.full_like(idx, -1))  # [T, K]
     flat = kv[:, 0]  # [S, D]
-    out, lse = attend_selected(q, rows, lambda ids: flat[ids].float(), sm_scale, d_v)
+    out, lse = attend_selected(q, rows, lambda ids: flat.index_select(0, ids).float(), sm_scale, d_v)
     return out.to(q.dtype), lse
 
 
@@ -99,16 +121,9 @@ def _cache_rows(indices: Tensor, block_table: Tensor, seq_lens: Tensor, page: in
 def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tensor, indices: Tensor,
                       sm_scale: float, d_v: int) -> tuple[Tensor, Tensor]:
     """Sparse MLA over the paged cache (bf16/fp32 or packed fp8 uint8). See runtime.ops.sparse_mla_decode."""
-    if q.dim() != 4 or kv_cache.dim() != 4 or kv_cache.shape[2] != 1 or indices.dim() != 3:
-        raise ValueError(f"sparse_mla_decode: expected q [B, s_q, H, D], kv_cache [blocks, page, 1, D or P], "
-                         f"indices [B, s_q, K]; got {tuple(q.shape)}, {tuple(kv_cache.shape)}, {tuple(indices.shape)}")
+    check_args(q, kv_cache, block_table, seq_lens, indices, d_v)
     B, s_q, H, D = q.shape
     num_blocks, page = kv_cache.shape[:2]
-    if indices.shape[:2] != (B, s_q) or block_table.dim() != 2 or block_table.shape[0] != B or tuple(seq_lens.shape) != (B,):
-        raise ValueError(f"sparse_mla_decode: batch mismatch: q {tuple(q.shape)}, indices {tuple(indices.shape)}, "
-                         f"block_table {tuple(block_table.shape)}, seq_lens {tuple(seq_lens.shape)}")
-    if not 0 < d_v <= D:
-        raise ValueError(f"sparse_mla_decode: d_v={d_v} must be in (0, {D}]")
     flat = kv_cache.reshape(num_blocks * page, kv_cache.shape[-1])  # [blocks*page, D or P]
     if kv_cache.dtype == torch.uint8:
         width = kv_format.packed_bytes(d_v, D - d_v)
@@ -117,13 +132,13 @@ def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens
                              f"(D={D}, d_v={d_v}) needs {width}")
 
         def fetch(ids: Tensor) -> Tensor:
-            return kv_format.unpack(flat[ids], d_v, torch.float32)  # only the selected tokens
+            return kv_format.unpack(flat.index_select(0, ids), d_v, torch.float32)  # only the selected tokens
     else:
         if flat.shape[-1] != D:
             raise ValueError(f"sparse_mla_decode: cache head dim {flat.shape[-1]} != q head dim {D}")
 
         def fetch(ids: Tensor) -> Tensor:
-            return flat[ids].float()
+            return flat.index_select(0, ids).float()  # a row gather: several times faster than flat[ids] on CPU
 
     rows = _cache_rows(indices, block_table, seq_lens, page, num_blocks)  # [B, s_q, K]
     out, lse = attend_selected(q.reshape(B * s_q, H, D), rows.reshape(B * s_q, -1), fetch, sm_scale, d_v)
