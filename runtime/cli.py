@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="directory for report.json and report.md (default: ./conformance-report)")
     conf.add_argument("-k", dest="keyword", metavar="EXPR", help="only the test cases matching this pytest -k expression")
     conf.add_argument("--no-model", dest="model", action="store_false", help="skip the tiny-model rows")
+
+    from runtime.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="measure speed and memory: sparse vs dense ops, ours vs "
+                                                     "transformers end to end, cache bytes (Markdown, --json)"))
     return parser
 
 
