@@ -14,7 +14,8 @@ and compute in the same dtype with the same torch.set_num_threads.
 Time: per context, the two engines alternate (bench.common.interleaved), medians reported as prefill
 tokens/s (C / prefill time) and decode tokens/s (N / time of the N steps). Peak RSS: each engine
 again in its own fresh subprocess (`python -m bench.e2e --worker ENGINE ...`), the kernel's peak-RSS
-mark reset before each context (/proc/self/clear_refs), so the numbers do not mix the two engines.
+mark reset before each context (/proc/self/clear_refs), so the numbers do not mix the two engines;
+that single run's speed is kept too ("alone"), a cross-check of the interleaved medians.
 """
 from __future__ import annotations
 
@@ -157,8 +158,9 @@ def worker(engine: str, checkpoint: Path, dtype: str, threads: int, contexts: Se
     for C in contexts:
         ok = reset_peak_rss()
         before = rss_bytes()
-        eng.run(prompt(eng.vocab, C), steps)
-        rows.append({"context": C, "peak_rss_bytes": peak_rss_bytes() if ok else None, "rss_before_bytes": before})
+        t = eng.run(prompt(eng.vocab, C), steps)
+        rows.append({"context": C, "peak_rss_bytes": peak_rss_bytes() if ok else None, "rss_before_bytes": before,
+                     "prefill_s": t["prefill"], "decode_s": t["decode"]})
     return {"engine": engine, "loaded_rss_bytes": loaded, "rows": rows, "reset_supported": reset_peak_rss()}
 
 
@@ -226,9 +228,14 @@ def run(contexts: Sequence[int], steps: int, reps: int, threads: int, dtype: str
                 by_ctx = {r["context"]: r for r in w["rows"]}
                 for row in result["rows"]:
                     r = by_ctx.get(row["context"])
-                    if r and r["peak_rss_bytes"] is not None:
+                    if r is None:
+                        continue
+                    if r["peak_rss_bytes"] is not None:
                         row[name]["peak_rss_bytes"] = r["peak_rss_bytes"]
                         row[name]["peak_rss_over_loaded_bytes"] = r["peak_rss_bytes"] - w["loaded_rss_bytes"]
+                    # one more (single) run, alone in its process: a cross-check of the interleaved medians
+                    row[name]["alone_prefill_tps"] = row["context"] / r["prefill_s"]
+                    row[name]["alone_decode_tps"] = steps / r["decode_s"]
                 result.setdefault("loaded_rss_bytes", {})[name] = w["loaded_rss_bytes"]
     return result
 

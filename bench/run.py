@@ -222,6 +222,16 @@ def _render_e2e(e: dict) -> list[str]:
     out += [md_table(["context", "prefill tok/s ours", "prefill tok/s transformers", "ours/theirs",
                       "decode tok/s ours", "decode tok/s transformers", "ours/theirs", "peak RSS ours",
                       "peak RSS transformers", "over loaded, ours", "over loaded, transformers"], rows), ""]
+    alone = [r for r in e["rows"] if "alone_decode_tps" in r["ours"] and "alone_decode_tps" in r["transformers"]]
+    if alone:
+        out += ["Cross-check: one more run of each engine alone in its own process (the peak-RSS run, 1 repetition):", ""]
+        out += [md_table(["context", "prefill tok/s ours", "prefill tok/s transformers", "decode tok/s ours",
+                          "decode tok/s transformers", "decode ours/theirs"],
+                         [[fmt_tokens(r["context"]), f"{r['ours']['alone_prefill_tps']:.0f}",
+                           f"{r['transformers']['alone_prefill_tps']:.0f}", f"{r['ours']['alone_decode_tps']:.1f}",
+                           f"{r['transformers']['alone_decode_tps']:.1f}",
+                           f"{r['ours']['alone_decode_tps'] / r['transformers']['alone_decode_tps']:.2f}x"]
+                          for r in alone]), ""]
     for name, err in e.get("rss_errors", {}).items():
         out += [f"Peak RSS of {name} not measured: {err}", ""]
     return out
