@@ -31,6 +31,7 @@ class Settings:
     e2e_reps: int
     dtype: str = "fp32"
     threads: int = 0  # 0 = torch's default (the number of cores)
+    e2e_threads: int = 0  # 0 = threads
     sections: tuple[str, ...] = SECTIONS
     providers: Optional[list[str]] = None
     e2e_rss: bool = True
@@ -78,8 +79,9 @@ def run(s: Settings, quick: bool = False, command: str = "dsa bench", log=_log) 
         from bench import e2e
 
         log("[bench] end to end, tiny checkpoint: ours vs transformers")
-        result["e2e"] = e2e.run(s.e2e_contexts, s.e2e_steps, s.e2e_reps, threads, dtype=s.dtype,
+        result["e2e"] = e2e.run(s.e2e_contexts, s.e2e_steps, s.e2e_reps, s.e2e_threads or threads, dtype=s.dtype,
                                 device_profile=s.device_profile, rss=s.e2e_rss, log=log)
+        torch.set_num_threads(threads)
         result["e2e"]["load_after"] = load_average()
     result["targets"] = targets(result)
     result["machine"]["load_end"] = load_average()

@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e2e-contexts", type=_int_list, metavar="C,..", help="end-to-end prompt lengths")
     p.add_argument("--e2e-steps", type=_positive, metavar="N", help="decode steps per end-to-end run")
     p.add_argument("--e2e-reps", type=_positive, help="interleaved repetitions per end-to-end context")
+    p.add_argument("--e2e-threads", type=_positive, help="threads of both engines end to end (default: --threads); "
+                   "1 keeps a shared machine's other load from stalling multi-threaded small ops")
     p.add_argument("--no-rss", dest="e2e_rss", action="store_false", default=None,
                    help="skip the per-engine peak-RSS subprocesses")
     p.add_argument("--dtype", choices=("fp32", "bf16"), help="end-to-end compute dtype, both engines (default fp32)")
@@ -68,6 +70,7 @@ def cmd_bench(args) -> int:
     s = settings(args.quick, decode_contexts=args.decode_contexts, prefill_tokens=args.prefill_tokens,
                  prefill_rows=args.prefill_rows, reps=args.reps, e2e_contexts=args.e2e_contexts,
                  e2e_steps=args.e2e_steps, e2e_reps=args.e2e_reps, dtype=args.dtype, threads=args.threads,
+                 e2e_threads=args.e2e_threads,
                  sections=sections, providers=args.providers, e2e_rss=args.e2e_rss)
     argv = getattr(args, "argv", None)  # set by runtime.cli.main
     command = "dsa " + shlex.join(argv) if argv else "dsa bench"

@@ -133,7 +133,7 @@ def test_cache_bytes_match_spec():
 
 # ---- the command and its JSON -----------------------------------------------------------------------------
 TINY_RUN = ["bench", "--quick", "--decode-contexts", "256", "--prefill-tokens", "128", "--prefill-rows", "2",
-            "--reps", "1", "--e2e-contexts", "32", "--e2e-steps", "2", "--e2e-reps", "1", "--threads", "1"]
+            "--reps", "1", "--e2e-contexts", "32", "--e2e-steps", "2", "--e2e-reps", "1", "--threads", "2", "--e2e-threads", "1"]
 
 
 def _check_schema(doc: dict, sections: set[str]) -> None:
@@ -157,6 +157,7 @@ def _check_schema(doc: dict, sections: set[str]) -> None:
     if "e2e" in sections:
         e = doc["e2e"]
         assert e["skipped"] is None and [r["context"] for r in e["rows"]] == [32]
+        assert e["threads"] == 1 and doc["settings"]["threads"] == 2
         row = e["rows"][0]
         for name in ("ours", "transformers"):
             assert row[name]["prefill_tps"] > 0 and row[name]["decode_tps"] > 0
