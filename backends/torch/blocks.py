@@ -35,18 +35,44 @@ def dequant_tiles(w: Tensor, scale: Tensor, block: int = 128) -> Tensor:
     return w.float() * s
 
 
-_FP8_VALUES: dict[torch.device, Tensor] = {}
+_FP8_VALUES: dict[torch.device, Tensor] = {}  # [256] fp32: the value of each code
+_E4M3_IN_FP16 = -16512  # int16 0xBF80: the sign bit and the 4 + 3 exponent/mantissa bits after << 7
 
 
-def fp8_to_float(x: Tensor) -> Tensor:
-    """float8_e4m3fn -> float32, exactly as x.float(), through a 256-entry table.
-
-    PyTorch's CPU cast converts one element at a time (~6 ns each): for the index keys of a long
-    context (S x 128 every decode step) the cast cost several times the scoring matmul. A table
-    lookup over the raw bytes is exact and about 4x faster.
-    """
-    table = _FP8_VALUES.get(x.device)
+def _code_values(device: torch.device) -> Tensor:
+    table = _FP8_VALUES.get(device)
     if table is None:
         codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn)
-        table = _FP8_VALUES[x.device] = codes.float().to(x.device)  # NaN codes stay NaN, as in x.float()
-    return table.index_select(0, x.contiguous().view(torch.uint8).reshape(-1).int()).view(x.shape)
+        table = _FP8_VALUES[device] = codes.float().to(device)  # NaN codes stay NaN, as in x.float()
+    return table
+
+
+def _has_nan_code(codes: Tensor) -> bool:
+    """Whether int8 codes hold e4m3fn's NaN (0x7F or 0xFF): the largest int8 / the largest uint8 value."""
+    return codes.numel() > 0 and (int(codes.max()) == 0x7F or int(codes.view(torch.uint8).max()) == 0xFF)
+
+
+def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False) -> Tensor:
+    """float8_e4m3fn -> float32, exactly as x.float() (NaN codes included), in vectorised passes.
+
+    PyTorch's CPU cast converts one element at a time (~6 ns each): for the index keys of a long
+    context (S x 128 every decode step) it cost more than the scoring matmul. e4m3 and fp16 share
+    their layout below the exponent's top bit (subnormals included), so a code sign-extended to int16,
+    shifted left by 7 and masked is the fp16 holding value * 2^-8 exactly; fp16 -> fp32 and * 2^8 are
+    exact too. Multi-threaded elementwise passes: ~15x faster than the cast, 2-3x faster than a table
+    lookup (a gather is single-threaded and its table competes with the data for cache). The two NaN
+    codes would come out as +-480, so a tensor holding one takes the 256-entry table instead.
+
+    `out` (fp32, x's shape, contiguous) lets a loop reuse one buffer. `unscaled=True` returns
+    value * 2^-8 (still exact) for a caller that folds the 2^8 into a scale it applies anyway.
+    """
+    if out is not None and (out.dtype != torch.float32 or out.shape != x.shape or not out.is_contiguous()):
+        raise ValueError(f"fp8_to_float: out must be a contiguous fp32 tensor of shape {tuple(x.shape)}")
+    codes = x.contiguous().view(torch.int8)
+    if _has_nan_code(codes):
+        values = _code_values(x.device).index_select(0, codes.view(torch.uint8).reshape(-1).int()).view(x.shape)
+        out = values if out is None else out.copy_(values)
+        return out.mul_(2.0 ** -8) if unscaled else out
+    half = codes.to(torch.int16).bitwise_left_shift_(7).bitwise_and_(_E4M3_IN_FP16).view(torch.float16)
+    out = half.float() if out is None else out.copy_(half)
+    return out if unscaled else out.mul_(256.0)

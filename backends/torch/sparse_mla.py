@@ -47,10 +47,12 @@ def attend_selected(q: Tensor, rows: Tensor, fetch: Fetch, sm_scale: float, d_v:
             continue  # out 0, lse +inf already
         # Skipped slots fetch their row's first valid key (compaction put one first): a finite key the row
         # reads anyway, weighted by exactly 0 below (a fixed row such as 0 could hold inf / NaN: 0 * inf).
-        safe = torch.where(valid, idx, idx[:, :1].clamp_min(0))
+        all_valid = bool(valid.all())  # the usual case once the context exceeds top-k: no mask passes
+        safe = idx if all_valid else torch.where(valid, idx, idx[:, :1].clamp_min(0))
         keys = fetch(safe.reshape(-1)).view(Rc, k, D)  # [Rc, k, Dqk] fp32, one gather
         s = torch.bmm(q[r0:r1].float(), keys.transpose(1, 2)).mul_(sm_scale)  # [Rc, H, k]
-        s.masked_fill_(~valid.unsqueeze(1), float("-inf"))
+        if not all_valid:
+            s.masked_fill_(~valid.unsqueeze(1), float("-inf"))
         m = s.amax(dim=-1, keepdim=True)  # [Rc, H, 1]; -inf for a row with nothing valid
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         p = torch.exp_(s.sub_(m))  # [Rc, H, k]; exactly 0 at skipped keys

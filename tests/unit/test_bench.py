@@ -230,6 +230,23 @@ def test_fp8_table_cast_equals_torch_cast_for_every_code():
     assert torch.equal(torch.nan_to_num(fp8_to_float(strided)), torch.nan_to_num(strided.float()))
 
 
+def test_fp8_fast_cast_is_bit_exact_without_nan_codes():
+    """Without a NaN code the cast takes the fp16 bit path: every finite code (both zeros, subnormals, +-448)."""
+    from backends.torch.blocks import fp8_to_float
+
+    raw = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    codes = raw[(raw & 0x7F) != 0x7F].view(torch.float8_e4m3fn)  # 254 finite codes
+    for x in (codes, codes[1:], codes.reshape(2, 127).t(), codes[:0]):
+        want = x.float()
+        for got in (fp8_to_float(x), fp8_to_float(x, out=torch.empty(x.shape))):
+            assert torch.equal(got, want) and torch.equal(torch.signbit(got), torch.signbit(want))
+        assert torch.equal(fp8_to_float(x, unscaled=True) * 256, want)
+    with_nan = torch.cat([codes, torch.tensor([0x7F], dtype=torch.uint8).view(torch.float8_e4m3fn)])
+    assert torch.isnan(fp8_to_float(with_nan)[-1]) and torch.isnan(fp8_to_float(with_nan, unscaled=True)[-1])
+    with pytest.raises(ValueError, match="out must be"):
+        fp8_to_float(codes, out=torch.empty(3))
+
+
 def test_indexer_top_positions_equal_a_stable_descending_sort():
     from backends.torch.indexer import top_positions
 
