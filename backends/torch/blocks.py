@@ -47,12 +47,14 @@ def _code_values(device: torch.device) -> Tensor:
     return table
 
 
-def _has_nan_code(codes: Tensor) -> bool:
-    """Whether int8 codes hold e4m3fn's NaN (0x7F or 0xFF): the largest int8 / the largest uint8 value."""
+def fp8_has_nan(x: Tensor) -> bool:
+    """Whether float8_e4m3fn x holds a NaN code (0x7F or 0xFF: the largest int8 / uint8 value)."""
+    codes = x.contiguous().view(torch.int8)
     return codes.numel() > 0 and (int(codes.max()) == 0x7F or int(codes.view(torch.uint8).max()) == 0xFF)
 
 
-def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False) -> Tensor:
+def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False,
+                 has_nan: bool | None = None) -> Tensor:
     """float8_e4m3fn -> float32, exactly as x.float() (NaN codes included), in vectorised passes.
 
     PyTorch's CPU cast converts one element at a time (~6 ns each): for the index keys of a long
@@ -65,11 +67,12 @@ def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False
 
     `out` (fp32, x's shape, contiguous) lets a loop reuse one buffer. `unscaled=True` returns
     value * 2^-8 (still exact) for a caller that folds the 2^8 into a scale it applies anyway.
+    `has_nan` is fp8_has_nan(x) when the caller already knows it (e.g. checked once for all chunks).
     """
     if out is not None and (out.dtype != torch.float32 or out.shape != x.shape or not out.is_contiguous()):
         raise ValueError(f"fp8_to_float: out must be a contiguous fp32 tensor of shape {tuple(x.shape)}")
     codes = x.contiguous().view(torch.int8)
-    if _has_nan_code(codes):
+    if fp8_has_nan(codes) if has_nan is None else has_nan:
         values = _code_values(x.device).index_select(0, codes.view(torch.uint8).reshape(-1).int()).view(x.shape)
         out = values if out is None else out.copy_(values)
         return out.mul_(2.0 ** -8) if unscaled else out

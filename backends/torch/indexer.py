@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from backends.torch.blocks import fp8_to_float
+from backends.torch.blocks import fp8_has_nan, fp8_to_float
 
 # Budget for one chunk of queries (~64 MiB): peak memory does not grow with T.
 _CHUNK_BYTES = 64 * 1024 * 1024
@@ -49,11 +49,13 @@ def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
     kbuf = torch.empty(n, D, dtype=torch.float32, device=q.device)
     lbuf = torch.empty(n, Tc * H, dtype=torch.float32, device=q.device)
     fp8 = k.dtype == torch.float8_e4m3fn
+    nan = fp8 and fp8_has_nan(k)  # once for all chunks
+    qt = qf.t()  # [D, Tc*H]
     for s0 in range(0, S, _KEY_CHUNK):
         s1 = min(S, s0 + _KEY_CHUNK)
         m = s1 - s0
-        kc = fp8_to_float(k[s0:s1], out=kbuf[:m], unscaled=True) if fp8 else k[s0:s1].float()  # [m, D]
-        logits = torch.mm(kc, qf.t(), out=lbuf[:m]).relu_()  # [m, Tc*H]
+        kc = fp8_to_float(k[s0:s1], out=kbuf[:m], unscaled=True, has_nan=nan) if fp8 else k[s0:s1].float()
+        logits = torch.mm(kc, qt, out=lbuf[:m]).relu_()  # [m, Tc*H]
         if Tc == 1:
             torch.mv(logits, w[0], out=s[0, s0:s1])
         else:
