@@ -247,6 +247,30 @@ def test_fp8_fast_cast_is_bit_exact_without_nan_codes():
         fp8_to_float(codes, out=torch.empty(3))
 
 
+@pytest.mark.parametrize("path", ["window", "gather"])
+def test_sparse_prefill_window_and_gather_paths_compute_the_reference(monkeypatch, path):
+    """Both ways backends/torch attends a chunk of rows (dense over a masked window / gathered keys)."""
+    from backends.torch import sparse_mla
+    from tests.conformance.inputs import randn, rng, sparse_indices
+    from tests.reference.ops import ref_sparse_mla_prefill
+
+    monkeypatch.setattr(sparse_mla, "_WINDOW_NS", 0 if path == "window" else 10**9)
+    g = rng(7)
+    T, H, d_v, rope, S, K = 9, 4, 32, 16, 40, 16
+    q, kv = randn((T, H, d_v + rope), g, torch.float32), randn((S, 1, d_v + rope), g, torch.float32)
+    n_valid = [0, 1, 3, 16, 16, 7, 2, 16, 5]  # an empty row, short rows, full rows
+    indices = sparse_indices(T, K, S, g, n_valid)
+    indices[3, 5] = S + 4  # out of range = skip, as -1
+    calls = []
+    real = sparse_mla._attend_window if path == "window" else sparse_mla._attend_gathered
+    monkeypatch.setattr(sparse_mla, real.__name__, lambda *a: calls.append(1) or real(*a))
+    out, lse = sparse_mla.sparse_mla_prefill(q, kv, indices, (d_v + rope) ** -0.5, d_v)
+    want_out, want_lse = ref_sparse_mla_prefill(q, kv, torch.where(indices < S, indices, -1), (d_v + rope) ** -0.5, d_v)
+    assert calls, f"the {path} path was not taken"
+    assert torch.allclose(out.double(), want_out, atol=1e-5) and (out[0] == 0).all()
+    assert torch.isposinf(lse[0]).all() and torch.allclose(lse[1:].double(), want_lse[1:], atol=1e-5)
+
+
 def test_indexer_top_positions_equal_a_stable_descending_sort():
     from backends.torch.indexer import top_positions
 
