@@ -54,7 +54,7 @@ def fp8_has_nan(x: Tensor) -> bool:
 
 
 def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False,
-                 has_nan: bool | None = None) -> Tensor:
+                 has_nan: bool | None = None, scratch: Tensor | None = None) -> Tensor:
     """float8_e4m3fn -> float32, exactly as x.float() (NaN codes included), in vectorised passes.
 
     PyTorch's CPU cast converts one element at a time (~6 ns each): for the index keys of a long
@@ -67,7 +67,8 @@ def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False
 
     `out` (fp32, x's shape, contiguous) lets a loop reuse one buffer. `unscaled=True` returns
     value * 2^-8 (still exact) for a caller that folds the 2^8 into a scale it applies anyway.
-    `has_nan` is fp8_has_nan(x) when the caller already knows it (e.g. checked once for all chunks).
+    `has_nan` is fp8_has_nan(x) when the caller already knows it (e.g. checked once for all chunks);
+    `scratch` (int16, x's shape, contiguous) is reused for the fp16 bits instead of a fresh tensor.
     """
     if out is not None and (out.dtype != torch.float32 or out.shape != x.shape or not out.is_contiguous()):
         raise ValueError(f"fp8_to_float: out must be a contiguous fp32 tensor of shape {tuple(x.shape)}")
@@ -76,6 +77,9 @@ def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False
         values = _code_values(x.device).index_select(0, codes.view(torch.uint8).reshape(-1).int()).view(x.shape)
         out = values if out is None else out.copy_(values)
         return out.mul_(2.0 ** -8) if unscaled else out
-    half = codes.to(torch.int16).bitwise_left_shift_(7).bitwise_and_(_E4M3_IN_FP16).view(torch.float16)
+    if scratch is not None and (scratch.dtype != torch.int16 or scratch.shape != x.shape or not scratch.is_contiguous()):
+        raise ValueError(f"fp8_to_float: scratch must be a contiguous int16 tensor of shape {tuple(x.shape)}")
+    bits = codes.to(torch.int16) if scratch is None else scratch.copy_(codes)  # sign-extended codes
+    half = bits.bitwise_left_shift_(7).bitwise_and_(_E4M3_IN_FP16).view(torch.float16)
     out = half.float() if out is None else out.copy_(half)
     return out if unscaled else out.mul_(256.0)

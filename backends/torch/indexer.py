@@ -35,7 +35,7 @@ def _f32(x: Tensor) -> Tensor:
 def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
     """Masked index scores of a chunk of queries: [Tc, S] fp32, -inf where s is not visible.
 
-    Keys are scored _KEY_CHUNK at a time into two reused buffers (their fp32 form and the
+    Keys are scored _KEY_CHUNK at a time into reused buffers (their int16 and fp32 forms and the
     [chunk, Tc*H] logits), so the temporaries stay cache-sized however long the context is and no
     fresh pages are faulted in per chunk. Keys-major logits make one well-shaped GEMM
     ([chunk, D] x [D, Tc*H], ~1.5x faster here than the heads-major product for a decode step) and, for
@@ -50,11 +50,13 @@ def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
     lbuf = torch.empty(n, Tc * H, dtype=torch.float32, device=q.device)
     fp8 = k.dtype == torch.float8_e4m3fn
     nan = fp8 and fp8_has_nan(k)  # once for all chunks
+    bits = torch.empty(n, D, dtype=torch.int16, device=q.device) if fp8 else None  # the cast's scratch
     qt = qf.t()  # [D, Tc*H]
     for s0 in range(0, S, _KEY_CHUNK):
         s1 = min(S, s0 + _KEY_CHUNK)
         m = s1 - s0
-        kc = fp8_to_float(k[s0:s1], out=kbuf[:m], unscaled=True, has_nan=nan) if fp8 else k[s0:s1].float()
+        kc = (fp8_to_float(k[s0:s1], out=kbuf[:m], unscaled=True, has_nan=nan, scratch=bits[:m]) if fp8
+              else k[s0:s1].float())  # [m, D]
         logits = torch.mm(kc, qt, out=lbuf[:m]).relu_()  # [m, Tc*H]
         if Tc == 1:
             torch.mv(logits, w[0], out=s[0, s0:s1])
