@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -45,6 +45,20 @@ def accepts(fn: Callable, name: str) -> Optional[bool]:
     if name in params:
         return True
     return True if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else False
+
+
+def register_adapter(ops: Mapping[str, tuple[Callable, Callable]], name: str, backend: str,
+                     target_reason: Callable[..., Optional[str]]) -> None:
+    """Register `name` for each op in ops = {op: (fn, args_reason)}.
+
+    target_reason(target, op=op) says whether the plan's target suits the op (None = yes);
+    args_reason(*args) whether one call's arguments do (None = yes, else the next provider runs).
+    """
+    from runtime.registry import register
+
+    for op, (fn, args_reason) in ops.items():
+        register(op, name, fn, backend=backend, supported=lambda target, op=op: target_reason(target, op=op),
+                 supports_args=args_reason)
 
 
 def register_unavailable(ops: Iterable[str], name: str, backend: str, reason: str) -> None:

@@ -143,41 +143,23 @@ def load_average() -> Optional[list[float]]:
 
 
 def machine(threads: int) -> dict:
-    from runtime.detect import detect
+    from runtime.detect import cpu_memory_gb, cpu_name, detect
 
     hw = detect()
     info = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "platform": hw.platform,
         "device": hw.name,
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": threads,
-        "memory_gib": round(_total_memory() / 2**30, 1),
+        "memory_gib": round(cpu_memory_gb(), 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": _version("transformers"),
         "load_start": load_average(),
     }
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 def _version(dist: str) -> Optional[str]:

@@ -99,7 +99,7 @@ def _detect_npu() -> Hardware | None:
         return None
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -110,7 +110,7 @@ def _cpu_name() -> str:
     return _platform.processor() or _platform.machine() or "CPU"
 
 
-def _cpu_memory_gb() -> float:
+def cpu_memory_gb() -> float:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
     except (ValueError, OSError, AttributeError):  # not POSIX
@@ -118,7 +118,7 @@ def _cpu_memory_gb() -> float:
 
 
 def _detect_cpu() -> Hardware:
-    return Hardware("cpu", "cpu", _cpu_name(), 1, _cpu_memory_gb())
+    return Hardware("cpu", "cpu", cpu_name(), 1, cpu_memory_gb())
 
 
 ProfileLike = object  # anything with .name, .platform, .arch, .memory_gb (runtime.profile.DeviceProfile)

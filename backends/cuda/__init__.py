@@ -21,7 +21,7 @@ vendor functions: tests/backends/test_cuda_adapters.py.
 """
 from __future__ import annotations
 
-from backends.adapt import register_unavailable
+from backends.adapt import register_adapter, register_unavailable
 from backends.cuda import deepgemm, flashmla
 from runtime.registry import register
 
@@ -31,12 +31,11 @@ register("sparse_mla_prefill", "flashmla", flashmla.sparse_mla_prefill, backend=
          supported=lambda t: flashmla.target_reason(t, decode=False), supports_args=flashmla.prefill_args_reason)
 register("sparse_mla_decode", "flashmla", flashmla.sparse_mla_decode, backend=BACKEND,
          supported=lambda t: flashmla.target_reason(t, decode=True), supports_args=flashmla.decode_args_reason)
-register("indexer_topk", "deepgemm", deepgemm.indexer_topk, backend=BACKEND,
-         supported=lambda t: deepgemm.target_reason(t, op="indexer_topk"), supports_args=deepgemm.indexer_args_reason)
-register("grouped_gemm", "deepgemm", deepgemm.grouped_gemm, backend=BACKEND,
-         supported=lambda t: deepgemm.target_reason(t, op="grouped_gemm"), supports_args=deepgemm.grouped_args_reason)
-register("fp8_linear", "deepgemm", deepgemm.fp8_linear, backend=BACKEND,
-         supported=lambda t: deepgemm.target_reason(t, op="fp8_linear"), supports_args=deepgemm.linear_args_reason)
+register_adapter({
+    "indexer_topk": (deepgemm.indexer_topk, deepgemm.indexer_args_reason),
+    "grouped_gemm": (deepgemm.grouped_gemm, deepgemm.grouped_args_reason),
+    "fp8_linear": (deepgemm.fp8_linear, deepgemm.linear_args_reason),
+}, "deepgemm", BACKEND, deepgemm.target_reason)
 
 register_unavailable(["act_quant"], "deepgemm", BACKEND,
                      "DeepGEMM has no activation-quantisation kernel (its GEMMs take already-quantised inputs)")

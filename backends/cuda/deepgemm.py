@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from backends import adapt
-from backends.cuda import vendor
+from backends import vendor
 
 MODULE = "deep_gemm"
 ARCHS = ("sm90", "sm100")

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from backends import adapt
-from backends.cuda import vendor
+from backends import vendor
 from runtime.ops import kv_format
 
 MODULE = "flash_mla"

@@ -13,9 +13,8 @@ registered with that reason, so a profile listing npu for them falls through to 
 """
 from __future__ import annotations
 
-from backends.adapt import register_unavailable
+from backends.adapt import register_adapter, register_unavailable
 from backends.npu import cann
-from runtime.registry import register
 
 BACKEND = "npu"
 NAME = "npu"
@@ -27,13 +26,7 @@ _OPS = {
     "grouped_gemm": (cann.grouped_gemm, cann.grouped_args_reason),
 }
 
-
-def _supported(op: str):
-    return lambda target: cann.target_reason(target, op=op)
-
-
-for _op, (_fn, _args) in _OPS.items():
-    register(_op, NAME, _fn, backend=BACKEND, supported=_supported(_op), supports_args=_args)
+register_adapter(_OPS, NAME, BACKEND, cann.target_reason)
 
 register_unavailable(["act_quant", "fp8_linear"], NAME, BACKEND,
                      "Ascend A2 / A3 have no fp8 (weights are bf16 there; W8A8 int8 is not wired)")

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from backends import adapt
-from backends.npu import vendor
+from backends import vendor
 from runtime.detect import ascend_arch
 
 MODULE = "torch_npu"

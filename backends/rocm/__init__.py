@@ -15,9 +15,8 @@ Details of every translation: backends/rocm/aiter.py; CPU tests: tests/backends/
 """
 from __future__ import annotations
 
-from backends.adapt import register_unavailable
+from backends.adapt import register_adapter, register_unavailable
 from backends.rocm import aiter
-from runtime.registry import register
 
 BACKEND = "rocm"
 NAME = "aiter"
@@ -30,13 +29,7 @@ _OPS = {
     "fp8_linear": (aiter.fp8_linear, aiter.linear_args_reason),
 }
 
-
-def _supported(op: str):
-    return lambda target: aiter.target_reason(target, op=op)
-
-
-for _op, (_fn, _args) in _OPS.items():
-    register(_op, NAME, _fn, backend=BACKEND, supported=_supported(_op), supports_args=_args)
+register_adapter(_OPS, NAME, BACKEND, aiter.target_reason)
 
 register_unavailable(["act_quant"], NAME, BACKEND,
                      "no AITER activation quantiser is wrapped (the HAL's act_quant fixes the scale rule, "

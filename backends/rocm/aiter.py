@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from backends import adapt
-from backends.rocm import vendor
+from backends import vendor
 
 ROOT = "aiter"
 MLA = "aiter.mla"

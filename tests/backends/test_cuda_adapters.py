@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import backends.cuda  # noqa: F401  (registers the providers)
-from backends.cuda import deepgemm, flashmla, vendor
+from backends import vendor
+from backends.cuda import deepgemm, flashmla
 from runtime import registry
 from tests.backends import common
 from tests.backends.fakes import deep_gemm as fake_dg
@@ -30,7 +31,7 @@ from tests.reference.ops import ref_fp8_linear
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """Route backends.cuda's vendor seam to the stand-ins; returns a function to swap them."""
+    """Route the vendor seam (backends.vendor) to the stand-ins; returns a function to swap them."""
 
     def use(fm=None, dg=None):
         monkeypatch.setattr(vendor, "load", loader({"flash_mla": fm or fake_fm.module(), "deep_gemm": dg or fake_dg.module()}))

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import backends.npu  # noqa: F401  (registers the provider)
-from backends.npu import cann, vendor
+from backends import vendor
+from backends.npu import cann
 from runtime import registry
 from tests.backends import common
 from tests.backends.fakes import loader

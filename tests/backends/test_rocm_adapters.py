@@ -23,7 +23,8 @@ import torch
 
 import backends.rocm  # noqa: F401  (registers the provider)
 from backends import adapt
-from backends.rocm import aiter, vendor
+from backends import vendor
+from backends.rocm import aiter
 from runtime import registry
 from tests.backends import common
 from tests.backends.fakes import aiter as fake_aiter
