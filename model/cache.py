@@ -134,11 +134,6 @@ def _slot_of(block_table: Tensor, seq: Tensor, pos: Tensor, page: int) -> Tensor
     return block_table[seq, pos // page].long() * page + pos % page
 
 
-def _take_rows(x: Tensor, rows: Tensor) -> Tensor:
-    """x[rows] along dim 0 as one index_select: on CPU several times faster than advanced indexing."""
-    return x.index_select(0, rows)
-
-
 class PagedCache:
     """The latent (MLA) and index-key (indexer) caches of every layer."""
 
@@ -184,7 +179,7 @@ class PagedCache:
     def gather_latent(self, layer: int, batch: Batch) -> Tensor:
         """Every cached row of every sequence, packed: [S, 1, latent_dim] in the model dtype."""
         cache = self.latent[layer]
-        rows = _take_rows(cache.view(-1, 1, cache.shape[-1]), batch.cached_slots)
+        rows = cache.view(-1, 1, cache.shape[-1]).index_select(0, batch.cached_slots)  # on CPU ~6x faster than [slots]
         if self.kv_cache_dtype == "fp8":
             return kv_format.unpack(rows, self.d_v, self.dtype)
         return rows
@@ -193,4 +188,4 @@ class PagedCache:
         """Every cached index key, packed like gather_latent: k [S, index_head_dim], scale [S] fp32."""
         slots = batch.cached_slots
         k = self.index_k[layer]
-        return _take_rows(k.view(-1, k.shape[-1]), slots), _take_rows(self.index_scale[layer].view(-1), slots)
+        return k.view(-1, k.shape[-1]).index_select(0, slots), self.index_scale[layer].view(-1).index_select(0, slots)

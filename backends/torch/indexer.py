@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from backends.torch.blocks import fp8_has_nan, fp8_to_float
+from backends.torch.blocks import fp8_has_nan, fp8_to_float, to_float
 
 # Budget for one chunk of queries (~64 MiB): peak memory does not grow with T.
 _CHUNK_BYTES = 64 * 1024 * 1024
@@ -28,10 +28,6 @@ def _check(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
         raise ValueError(f"indexer_topk: topk must be >= 0, got {topk}")
 
 
-def _f32(x: Tensor) -> Tensor:
-    return fp8_to_float(x) if x.dtype == torch.float8_e4m3fn else x.float()
-
-
 def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
     """Masked index scores of a chunk of queries: [Tc, S] fp32, -inf where s is not visible.
 
@@ -43,7 +39,7 @@ def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
     """
     Tc, H, D = q.shape
     S = k.shape[0]
-    qf, w = _f32(q).reshape(Tc * H, D), weights.float()  # [Tc*H, D], [Tc, H]
+    qf, w = to_float(q).reshape(Tc * H, D), weights.float()  # [Tc*H, D], [Tc, H]
     s = torch.empty(Tc, S, dtype=torch.float32, device=q.device)
     n = min(S, _KEY_CHUNK)
     kbuf = torch.empty(n, D, dtype=torch.float32, device=q.device)

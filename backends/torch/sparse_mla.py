@@ -60,11 +60,12 @@ def attend_selected(q: Tensor, rows: Tensor, fetch: Fetch, sm_scale: float, d_v:
         k = idx.shape[1]
         if k == 0:
             continue  # out 0, lse +inf already
-        lo, hi = _valid_range(idx, ok)
-        if window is not None and (hi - lo) * _WINDOW_NS * H < k * (_GATHER_NS[0] * H + _GATHER_NS[1]):
-            _attend_window(q, idx, ok, r0, lo, hi, window, sm_scale, d_v, out, lse)
-        else:
-            _attend_gathered(q, idx, ok, r0, fetch, sm_scale, d_v, out, lse)
+        if window is not None:
+            lo, hi = _valid_range(idx, ok)
+            if (hi - lo) * _WINDOW_NS * H < k * (_GATHER_NS[0] * H + _GATHER_NS[1]):
+                _attend_window(q, idx, ok, r0, lo, hi, window, sm_scale, d_v, out, lse)
+                continue
+        _attend_gathered(q, idx, ok, r0, fetch, sm_scale, d_v, out, lse)
     return out, lse
 
 
