@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make run    set up .venv and run `dsa run --device cpu` on the built-in model
-#   make test   set up .venv and run the whole test suite
+#   make test   set up .venv, check style and layering, and run the whole test suite
 # ARGS passes extra flags: make run ARGS='--prompt "hi" --temperature 0'
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.dsa-installed
 # CPU build of PyTorch (on disk on the project machines; an unpinned torch pulls a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: run test setup clean
+.PHONY: run test lint setup clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/dsa run --device cpu $(ARGS)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest $(ARGS)
 
 clean:

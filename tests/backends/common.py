@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import torch
 
-from runtime.registry import Target
-from tests.conformance.inputs import paged_cache, quantize_rows, quantize_weight, randn, rng, sparse_indices
-from tests.conformance.tolerances import LSE, TOPK_TIE, out_tol
-from tests.reference.compare import assert_close, assert_topk_equivalent
-from tests.reference.ops import (
+from dsa.conformance.inputs import paged_cache, quantize_rows, quantize_weight, randn, rng, sparse_indices
+from dsa.conformance.reference.compare import assert_close, assert_topk_equivalent
+from dsa.conformance.reference.ops import (
     ref_grouped_gemm,
     ref_indexer_scores,
     ref_sparse_mla_decode,
     ref_sparse_mla_prefill,
     ref_topk_count,
 )
+from dsa.conformance.tolerances import LSE, TOPK_TIE, out_tol
+from dsa.hal.registry import Target
 
 SM_SCALE = 0.1352338  # the 671B softmax scale (SPEC 2.1)
 D_V, ROPE = 512, 64

@@ -1,4 +1,4 @@
-"""backends/cuda (FlashMLA, DeepGEMM adapters) on CPU, through documented-semantics stand-ins.
+"""dsa/backends/cuda (FlashMLA, DeepGEMM adapters) on CPU, through documented-semantics stand-ins.
 
 What these tests prove: given FlashMLA's and DeepGEMM's documented interfaces (tests/backends/fakes/),
 our adapters hand them correctly translated arguments and translate the results back, so the HAL op
@@ -17,21 +17,21 @@ import sys
 import pytest
 import torch
 
-import backends.cuda  # noqa: F401  (registers the providers)
-from backends import vendor
-from backends.cuda import deepgemm, flashmla
-from runtime import registry
+import dsa.backends.cuda  # noqa: F401  (registers the providers)
+from dsa.backends import vendor
+from dsa.backends.cuda import deepgemm, flashmla
+from dsa.conformance.reference.compare import assert_close
+from dsa.conformance.reference.ops import ref_fp8_linear
+from dsa.hal import registry
 from tests.backends import common
 from tests.backends.fakes import deep_gemm as fake_dg
 from tests.backends.fakes import flash_mla as fake_fm
 from tests.backends.fakes import loader
-from tests.reference.compare import assert_close
-from tests.reference.ops import ref_fp8_linear
 
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """Route the vendor seam (backends.vendor) to the stand-ins; returns a function to swap them."""
+    """Route the vendor seam (dsa.backends.vendor) to the stand-ins; returns a function to swap them."""
 
     def use(fm=None, dg=None):
         monkeypatch.setattr(vendor, "load", loader({"flash_mla": fm or fake_fm.module(), "deep_gemm": dg or fake_dg.module()}))
@@ -44,7 +44,7 @@ def fakes(monkeypatch):
 
 
 def test_vendor_libraries_are_not_imported_with_the_package():
-    """Importing backends.cuda registers the providers without importing flash_mla or deep_gemm."""
+    """Importing dsa.backends.cuda registers the providers without importing flash_mla or deep_gemm."""
     assert "flash_mla" not in sys.modules and "deep_gemm" not in sys.modules
     assert registry.get("sparse_mla_prefill", "flashmla").backend == "cuda"
     for op in ("indexer_topk", "grouped_gemm", "fp8_linear"):
@@ -130,8 +130,8 @@ def test_flashmla_decode(fakes, seq_lens, s_q, H, K):
 
 
 def test_packed_cache_is_flashmla_token_layout():
-    """runtime.ops.kv_format.pack writes exactly the bytes FlashMLA's README describes."""
-    from runtime.ops import kv_format
+    """dsa.hal.kv_format.pack writes exactly the bytes FlashMLA's README describes."""
+    from dsa.hal import kv_format
 
     latent = common.randn((37, 576), common.rng(3)) * 4
     raw = kv_format.pack(latent, 512)

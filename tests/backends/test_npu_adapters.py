@@ -1,4 +1,4 @@
-"""backends/npu (torch_npu / CANN adapters) on CPU, through documented-semantics stand-ins.
+"""dsa/backends/npu (torch_npu / CANN adapters) on CPU, through documented-semantics stand-ins.
 
 What these tests prove: given the CANN ops' documented interfaces (tests/backends/fakes/torch_npu.py),
 our adapters lay the HAL's arguments out as those ops want them (TND queries with prefix-sum lengths,
@@ -17,10 +17,10 @@ import sys
 import pytest
 import torch
 
-import backends.npu  # noqa: F401  (registers the provider)
-from backends import vendor
-from backends.npu import cann
-from runtime import registry
+import dsa.backends.npu  # noqa: F401  (registers the provider)
+from dsa.backends import vendor
+from dsa.backends.npu import cann
+from dsa.hal import registry
 from tests.backends import common
 from tests.backends.fakes import loader
 from tests.backends.fakes import torch_npu as fake_npu

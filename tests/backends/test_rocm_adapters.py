@@ -1,4 +1,4 @@
-"""backends/rocm (AITER adapters) on CPU, through documented-semantics stand-ins.
+"""dsa/backends/rocm (AITER adapters) on CPU, through documented-semantics stand-ins.
 
 What these tests prove: given AITER's documented interfaces (tests/backends/fakes/aiter.py), our
 adapters build correct ragged index lists (valid entries only, a dummy for empty rows), translate
@@ -21,16 +21,15 @@ import sys
 import pytest
 import torch
 
-import backends.rocm  # noqa: F401  (registers the provider)
-from backends import adapt
-from backends import vendor
-from backends.rocm import aiter
-from runtime import registry
+import dsa.backends.rocm  # noqa: F401  (registers the provider)
+from dsa.backends import adapt, vendor
+from dsa.backends.rocm import aiter
+from dsa.conformance.reference.compare import assert_close
+from dsa.conformance.reference.ops import ref_fp8_linear
+from dsa.hal import registry
 from tests.backends import common
 from tests.backends.fakes import aiter as fake_aiter
 from tests.backends.fakes import loader
-from tests.reference.compare import assert_close
-from tests.reference.ops import ref_fp8_linear
 
 
 @pytest.fixture

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from model.config import ModelConfig
-from runtime.errors import ConfigError
+from dsa.errors import ConfigError
+from dsa.model.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ROOT / "configs/models/tiny/config.json"
-BIG = ROOT / "configs/models/deepseek-v3.2-exp/config.json"
+TINY = ROOT / "dsa/configs/models/tiny/config.json"
+BIG = ROOT / "dsa/configs/models/deepseek-v3.2-exp/config.json"
 
 
 def raw(path: Path = TINY) -> dict:

@@ -17,13 +17,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from model.cache import Batch, PagedCache
-from model.parallel import NOT_HELD, ParallelGroups, check_layout, parallelize
-from runtime.checkpoint_writer import write_checkpoint
-from runtime.engine import Engine, SamplingParams
-from runtime.errors import ConfigError
-from runtime.loader import load_model
-from runtime.ops import OpSet
+from dsa.engine.engine import Engine, SamplingParams
+from dsa.errors import ConfigError
+from dsa.hal import OpSet
+from dsa.io.checkpoint_loader import load_model
+from dsa.io.checkpoint_writer import write_checkpoint
+from dsa.model.cache import Batch, PagedCache
+from dsa.model.parallel import NOT_HELD, ParallelGroups, check_layout, parallelize
 
 REPO = Path(__file__).resolve().parents[2]
 PAGE = 16
@@ -58,7 +58,7 @@ def _logits(model, ids: list[int]) -> torch.Tensor:
 
 
 def _greedy(model, prompt: int, groups=None) -> list[int]:
-    from runtime.distributed import Lockstep
+    from dsa.dist.launch import Lockstep
 
     step = Lockstep(model, groups, PAGE) if groups is not None and groups.dp_attention > 1 else model
     engine = Engine(step, model.config, page_size=PAGE, kv_cache_dtype="bf16", dtype=torch.float32,
@@ -90,7 +90,7 @@ def _worker(rank: int, world: int, port: int, ckpts: dict, out: Path, layouts: d
 
 
 def _free_port() -> int:
-    from runtime.distributed import free_port
+    from dsa.dist.launch import free_port
 
     return free_port()
 
@@ -147,7 +147,7 @@ def test_four_ranks_match_one_process(ckpts, reference, tmp_path):
 # ---- one process: layout errors, slicing, per-rank reads ---------------------------------------------
 
 def test_impossible_layouts_are_clear_errors(ckpts):
-    from model.config import ModelConfig
+    from dsa.model.config import ModelConfig
 
     config = ModelConfig.from_file(ckpts["bf16"] / "config.json")
     with pytest.raises(ConfigError, match="tp=3 does not divide num_attention_heads=4"):
@@ -213,7 +213,7 @@ def test_each_rank_reads_only_its_parts(ckpts, monkeypatch):
 
 
 def _dequant_expert(model, layer: int, proj: str, e: int) -> torch.Tensor:
-    from model.layers import dequantize_blocks
+    from dsa.model.layers import dequantize_blocks
 
     ex = model.model.layers[layer].mlp.experts
     return dequantize_blocks(getattr(ex, proj)[e], getattr(ex, proj + "_scale_inv")[e])
@@ -221,8 +221,8 @@ def _dequant_expert(model, layer: int, proj: str, e: int) -> torch.Tensor:
 
 def test_slicer_cuts_scales_on_block_boundaries(ckpts):
     with torch.device("meta"):
-        from model.transformer import DeepseekV32
-        from model.config import ModelConfig
+        from dsa.model.config import ModelConfig
+        from dsa.model.transformer import DeepseekV32
 
         config = ModelConfig.from_file(ckpts["fp8"] / "config.json")
         model = DeepseekV32(config, OpSet.single("torch"), dtype=torch.bfloat16, fp8_weights=True)
@@ -245,7 +245,7 @@ def _cli(*argv: str, env=None) -> subprocess.CompletedProcess:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         if env.get(var) is None:
             env.pop(var, None)
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *argv], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "dsa.cli", *argv], capture_output=True, text=True, env=env,
                           timeout=120, cwd=REPO)
 
 
@@ -255,7 +255,7 @@ RUN = ("run", "--device", "cpu", "--raw", "--temperature", "0", "--max-new-token
 def test_cli_nproc_matches_one_process(ckpts, capsys):
     """`dsa run --nproc 2` with DP-attention 2 + EP 2: rank 0 serves the prompt, rank 1 runs dummy
     forwards in step; the text equals a one-process run's and is printed once."""
-    from runtime.cli import main
+    from dsa.cli import main
 
     assert main([*RUN, "--model", str(ckpts["bf16"])]) == 0
     one = capsys.readouterr().out.splitlines()[0]  # the stats line that follows differs (timings)
@@ -275,7 +275,7 @@ def test_cli_nproc_matches_one_process(ckpts, capsys):
 def test_cli_layout_errors_before_loading(ckpts, flags, env, message, monkeypatch, capsys):
     import safetensors
 
-    from runtime.cli import main
+    from dsa.cli import main
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)

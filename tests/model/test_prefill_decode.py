@@ -18,10 +18,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.model.helpers import (
-    Runner, assert_same_selection, make_weights, min_boundary_gap, run_prefill_decode, tiny_config, token_ids,
+from dsa.conformance.model_helpers import (
+    Runner,
+    assert_same_selection,
+    make_weights,
+    min_boundary_gap,
+    run_prefill_decode,
+    tiny_config,
+    token_ids,
 )
-from tests.reference.compare import assert_close
+from dsa.conformance.reference.compare import assert_close
 
 SEED = 2  # checkpoint seed; sequence A = token_ids(48, seed 2), B = token_ids(30, seed 4): tie-free
 TOL = dict(atol=1e-4, rtol=1e-4, cos_eps=1e-9)
@@ -101,7 +107,7 @@ def test_two_sequences_in_one_batch_equal_each_alone(setup, kv, schedule):
 
 def test_last_only_returns_the_last_token_of_each_sequence(setup):
     cfg, w, a_ids, b_ids = setup
-    from model.cache import Batch
+    from dsa.model.cache import Batch
 
     r = Runner(cfg, w)
     r.blocks = {"a": r.alloc.allocate(3), "b": r.alloc.allocate(2)}

@@ -13,14 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import ModelConfig
-from tests.model.helpers import Runner, make_weights, tiny_config, token_ids
-from tests.reference.compare import assert_close
-from tests.reference.model_ref import (
-    cosine_diff, reference_logits, rope_frequencies, rope_interleaved, rope_rotate_half, yarn_correction_range,
+from dsa.conformance.model_helpers import Runner, make_weights, tiny_config, token_ids
+from dsa.conformance.reference.compare import assert_close
+from dsa.conformance.reference.model_ref import (
+    cosine_diff,
+    reference_logits,
+    rope_frequencies,
+    rope_interleaved,
+    rope_rotate_half,
+    yarn_correction_range,
 )
+from dsa.model.config import ModelConfig
 
-BIG = Path(__file__).resolve().parents[2] / "configs/models/deepseek-v3.2-exp/config.json"
+BIG = Path(__file__).resolve().parents[2] / "dsa/configs/models/deepseek-v3.2-exp/config.json"
 TOL = dict(atol=1e-4, rtol=1e-4, cos_eps=1e-8)
 
 
@@ -49,7 +54,7 @@ def test_671b_yarn_frequencies_reference_and_model():
     assert want[16].item() == pytest.approx(0.01 * 0.55, rel=1e-12)  # ramp 6/13: 1/40*6/13 + 7/13 = 0.55
     assert want[31].item() == pytest.approx(10000 ** (-62 / 64) / 40, rel=1e-12)  # 3.3338e-6
     torch.testing.assert_close(rope_frequencies(big), want, rtol=1e-12, atol=0)
-    from model.layers import rope_inv_freq
+    from dsa.model.layers import rope_inv_freq
 
     got = rope_inv_freq(big.qk_rope_head_dim, big.rope_theta, big.rope_scaling)
     torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=0)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import ModelConfig
-from tests.reference.model_ref import reference_router
+from dsa.conformance.reference.model_ref import reference_router
+from dsa.model.config import ModelConfig
 
-TINY = Path(__file__).resolve().parents[2] / "configs/models/tiny/config.json"
+TINY = Path(__file__).resolve().parents[2] / "dsa/configs/models/tiny/config.json"
 
 
 def sig(z: float) -> float:
@@ -102,7 +102,7 @@ def test_reference_router_hand_case(case):
 
 @pytest.mark.parametrize("case", [CASE_A, CASE_B], ids=["A-group-limit-and-bias", "B-tiny-grouping"])
 def test_model_gate_hand_case(case):
-    from model.moe import Gate
+    from dsa.model.moe import Gate
 
     cfg = case_config(case)
     x, w, bias = case_inputs(case, cfg.hidden_size)
@@ -116,7 +116,7 @@ def test_model_gate_hand_case(case):
 
 
 def test_model_gate_matches_reference_router_on_random_inputs():
-    from model.moe import Gate
+    from dsa.model.moe import Gate
 
     cfg = ModelConfig.from_file(TINY)
     g = torch.Generator().manual_seed(3)

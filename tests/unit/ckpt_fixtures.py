@@ -13,8 +13,8 @@ INDEX = "model.safetensors.index.json"
 
 
 def make_checkpoint(out: Path, *, fp8: bool = False, seed: int = 0, num_shards: int = 3, config="tiny") -> Path:
-    """config.json + index + shards + tokenizer files (runtime.checkpoint_writer)."""
-    from runtime.checkpoint_writer import write_checkpoint
+    """config.json + index + shards + tokenizer files (dsa.io.checkpoint_writer)."""
+    from dsa.io.checkpoint_writer import write_checkpoint
 
     return write_checkpoint(config, out, fp8=fp8, seed=seed, num_shards=num_shards)
 

@@ -11,14 +11,14 @@ import os
 import pytest
 import torch
 
-from bench import cache_bytes
-from bench.common import (fmt_bytes, fmt_time, interleaved, md_table, median, peak_bytes, peak_from_events, ratio)
-from bench.dense_mla import dense_mla_decode, dense_mla_prefill
-from bench.run import SCHEMA, clean, render, targets
-from runtime.cli import main
-from runtime.ops import kv_format
-from runtime.ops import sparse_mla_decode as op_decode
-from runtime.ops import sparse_mla_prefill as op_prefill
+from dsa.bench import cache_bytes
+from dsa.bench.common import fmt_bytes, fmt_time, interleaved, md_table, median, peak_bytes, peak_from_events, ratio
+from dsa.bench.dense_mla import dense_mla_decode, dense_mla_prefill
+from dsa.bench.run import SCHEMA, clean, render, targets
+from dsa.cli import main
+from dsa.hal import kv_format
+from dsa.hal import sparse_mla_decode as op_decode
+from dsa.hal import sparse_mla_prefill as op_prefill
 
 LONG = pytest.mark.skipif(os.environ.get("DSA_BENCH_TESTS") != "1", reason="set DSA_BENCH_TESTS=1 (about 2 minutes)")
 
@@ -117,7 +117,7 @@ def test_dense_prefill_rows_equal_sparse_prefill_and_handle_empty_rows():
     got_o, got_l = dense_mla_prefill(q, kv, positions, 0.2, d_v, chunk_tokens=64)
     torch.testing.assert_close(got_o.float(), want_o.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(got_l, want_l, atol=1e-4, rtol=1e-4)
-    from bench.dense_mla import dense_attend
+    from dsa.bench.dense_mla import dense_attend
 
     out, lse = dense_attend(q.float(), [0, 5, 0, 1, 2], lambda a, b: kv[a:b, 0].float(), 0.2, d_v)
     assert (out[0] == 0).all() and torch.isinf(lse[0]).all() and (lse[0] > 0).all()  # nothing to attend to
@@ -198,7 +198,7 @@ def test_bench_user_errors_are_one_line(capsys, argv, words):
 
 @LONG
 def test_rss_workers_report_per_context_peaks(tmp_path):
-    from bench import e2e
+    from dsa.bench import e2e
 
     doc = e2e.run([32, 128], steps=2, reps=1, threads=1)
     for row in doc["rows"]:
@@ -216,9 +216,9 @@ def test_full_quick_run(tmp_path, capsys):
     assert doc["ops"]["decode"] and doc["e2e"]["rows"] and doc["cache"]["rows"]
 
 
-# ---- the speed-ups this bench motivated in backends/torch ---------------------------------------------------
+# ---- the speed-ups this bench motivated in dsa/backends/torch ---------------------------------------------------
 def test_fp8_table_cast_equals_torch_cast_for_every_code():
-    from backends.torch.blocks import fp8_to_float
+    from dsa.backends.torch.blocks import fp8_to_float
 
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).reshape(4, 8, 8)
     want, got = codes.float(), fp8_to_float(codes)
@@ -232,7 +232,7 @@ def test_fp8_table_cast_equals_torch_cast_for_every_code():
 
 def test_fp8_fast_cast_is_bit_exact_without_nan_codes():
     """Without a NaN code the cast takes the fp16 bit path: every finite code (both zeros, subnormals, +-448)."""
-    from backends.torch.blocks import fp8_to_float
+    from dsa.backends.torch.blocks import fp8_to_float
 
     raw = torch.arange(256, dtype=torch.int32).to(torch.uint8)
     codes = raw[(raw & 0x7F) != 0x7F].view(torch.float8_e4m3fn)  # 254 finite codes
@@ -249,10 +249,10 @@ def test_fp8_fast_cast_is_bit_exact_without_nan_codes():
 
 @pytest.mark.parametrize("path", ["window", "gather"])
 def test_sparse_prefill_window_and_gather_paths_compute_the_reference(monkeypatch, path):
-    """Both ways backends/torch attends a chunk of rows (dense over a masked window / gathered keys)."""
-    from backends.torch import sparse_mla
-    from tests.conformance.inputs import randn, rng, sparse_indices
-    from tests.reference.ops import ref_sparse_mla_prefill
+    """Both ways dsa/backends/torch attends a chunk of rows (dense over a masked window / gathered keys)."""
+    from dsa.backends.torch import sparse_mla
+    from dsa.conformance.inputs import randn, rng, sparse_indices
+    from dsa.conformance.reference.ops import ref_sparse_mla_prefill
 
     monkeypatch.setattr(sparse_mla, "_WINDOW_NS", 0 if path == "window" else 10**9)
     g = rng(7)
@@ -272,7 +272,7 @@ def test_sparse_prefill_window_and_gather_paths_compute_the_reference(monkeypatc
 
 
 def test_indexer_top_positions_equal_a_stable_descending_sort():
-    from backends.torch.indexer import top_positions
+    from dsa.backends.torch.indexer import top_positions
 
     g = torch.Generator().manual_seed(0)
     for T, S, kk in ((1, 5000, 2048), (7, 300, 64), (3, 40, 40), (2, 10, 10)):

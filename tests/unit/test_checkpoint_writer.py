@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from model.config import ModelConfig
-from model.weights import hf_tensor_specs, random_checkpoint
-from runtime import CONFIG_DIR
-from runtime.checkpoint_writer import INDEX_FILE, QUANTIZATION_CONFIG, write_checkpoint
-from runtime.cli import main
-from runtime.errors import DsaError, OutputDirError
+from dsa.cli import main
+from dsa.configs import CONFIG_DIR
+from dsa.errors import DsaError, OutputDirError
+from dsa.io.checkpoint_writer import INDEX_FILE, QUANTIZATION_CONFIG, write_checkpoint
+from dsa.model.config import ModelConfig
+from dsa.model.weights import hf_tensor_specs, random_checkpoint
 
 TINY = CONFIG_DIR / "models" / "tiny" / "config.json"
 SAFETENSORS_DTYPES = {"F8_E4M3": torch.float8_e4m3fn, "F32": torch.float32, "BF16": torch.bfloat16}
@@ -196,7 +196,7 @@ def test_empty_directory_is_used_and_overwrite_replaces_a_checkpoint(tmp_path):
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
-    import runtime.tokenizer_writer as tw
+    import dsa.io.tokenizer_writer as tw
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated crash after the shards")

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from runtime.cli import main
+from dsa.cli import main
 
 
 def run_cli(capsys, *argv):
@@ -103,7 +103,7 @@ def test_user_errors_are_one_line_exit_2(capsys, argv, words):
 
 def test_bad_profile_file_names_file_and_field(capsys, tmp_path):
     bad = tmp_path / "mine.yaml"
-    bad.write_text((__import__("runtime").CONFIG_DIR / "devices" / "cpu.yaml").read_text().replace("name: cpu", "name: mine")
+    bad.write_text((__import__("dsa.configs").configs.CONFIG_DIR / "devices" / "cpu.yaml").read_text().replace("name: cpu", "name: mine")
                    .replace("[torch]", "[torchh]", 1))
     assert_user_error(capsys, ["plan", "--device", str(bad)], "mine.yaml", "torchh")
 
@@ -118,7 +118,7 @@ def test_model_config_errors(capsys, tmp_path):
 
 def test_console_script_exit_code_without_traceback():
     """The installed entry point behaves like main(): a real subprocess, as a user runs it."""
-    proc = subprocess.run([sys.executable, "-m", "runtime.cli", "run", "--device", "nosuch"],
+    proc = subprocess.run([sys.executable, "-m", "dsa.cli", "run", "--device", "nosuch"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr

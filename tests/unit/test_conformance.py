@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from runtime import conformance, registry
-from runtime.cli import main
+from dsa.conformance import runner as conformance
+from dsa.hal import registry
+from dsa.cli import main
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def absent_npu():
 
 
 def test_providers_default_to_installed_and_follow_a_profile():
-    from runtime.profile import load_profile
+    from dsa.planning.device_profile import load_profile
 
     assert "torch" in conformance.choose_providers()
     h200 = conformance.choose_providers(profile=load_profile("h200"))
@@ -59,20 +60,20 @@ def test_report_path_that_is_a_file_exits_2(tmp_path, capsys):
     assert "not a directory" in capsys.readouterr().err
 
 
-def test_missing_tests_say_to_use_a_checkout_or_the_image(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(conformance.TESTS_ENV, str(tmp_path))
+def test_missing_cases_say_to_reinstall(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(conformance, "CASES_DIR", tmp_path)
     assert main(["conformance", "--report", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "conformance tests not found" in err and "source checkout" in err and "docker" in err
+    assert "conformance cases missing" in err and "reinstall" in err
 
 
 def test_run_reports_pass_fail_worst_errors_and_exits_1(broken_fp8_linear, absent_npu, tmp_path, capsys, monkeypatch):
     """In-process run on a few cases: torch passes, the broken provider fails its fp8_linear cases, the
     tiny-model row of each provider runs (the broken one never reaches its only op there: skipped), and a
     provider that declines every case or is not installed is reported as skipped with the reason. For speed, only one op file and
-    one model file are collected (the real lists are checked by find_tests on every run)."""
-    monkeypatch.setattr(conformance, "OP_TESTS", ("conformance/test_fp8_linear.py",))
-    monkeypatch.setattr(conformance, "MODEL_TESTS", ("model/test_oracle.py",))
+    one model file are collected (the real lists are checked by case_files on every run)."""
+    monkeypatch.setattr(conformance, "OP_TESTS", ("test_fp8_linear.py",))
+    monkeypatch.setattr(conformance, "MODEL_TESTS", ("test_oracle.py",))
     out = tmp_path / "report"
     code = main(["conformance", "--provider", "torch", broken_fp8_linear, "test-declines", absent_npu, "--report", str(out),
                  "-k", "bf16_T7 or test_topk_at_least_length_equals_sparse_and_dense_reference"])
@@ -93,7 +94,7 @@ def test_run_reports_pass_fail_worst_errors_and_exits_1(broken_fp8_linear, absen
 
     skipped = rows[("fp8_linear", "npu")]
     assert skipped["status"] == "skipped" and "has not registered op 'fp8_linear'" in skipped["skip_reasons"][0]["reason"]
-    assert report["not_installed"] == {"npu": "backends.npu"}
+    assert report["not_installed"] == {"npu": "dsa.backends.npu"}
 
     declines = rows[("fp8_linear", "test-declines")]
     assert declines["status"] == "skipped" and declines["skip_reasons"] == [{"reason": "test-declines declines: not here", "count": 2}]
@@ -116,7 +117,7 @@ def test_call_op_moves_inputs_to_the_test_device_and_outputs_back(monkeypatch):
     Here "cpu:0" stands in for an accelerator; the result must equal a plain call."""
     import torch
 
-    from tests.conformance.calling import DEVICE_ENV, call_op
+    from dsa.conformance.calling import DEVICE_ENV, call_op
 
     x = torch.randn(3, 200, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     plain = call_op("act_quant", "torch", x, 128, False)

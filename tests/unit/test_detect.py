@@ -8,9 +8,9 @@ import types
 import pytest
 import torch
 
-from runtime import detect as det
-from runtime.detect import Hardware, ascend_arch, cuda_arch, detect, matching_profiles
-from runtime.profile import list_profiles, load_profile
+from dsa.planning import hardware as det
+from dsa.planning.device_profile import list_profiles, load_profile
+from dsa.planning.hardware import Hardware, ascend_arch, cuda_arch, detect, matching_profiles
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime import REPO_ROOT
-from runtime.profile import list_profiles, load_profile
+REPO_ROOT = Path(__file__).resolve().parents[2]
+from dsa.planning.device_profile import list_profiles, load_profile
 
 DOCKER = REPO_ROOT / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))

@@ -1,25 +1,18 @@
-"""bench/gpu_ops.py: the shape / FLOP / byte arithmetic behind its roofline columns (no GPU needed),
+"""dsa/bench/gpu_ops.py: the shape / FLOP / byte arithmetic behind its roofline columns (no GPU needed),
 and its refusal to run without one."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-PATH = Path(__file__).resolve().parents[2] / "bench" / "gpu_ops.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu_ops", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    from dsa.bench import gpu_ops
+
+    return gpu_ops
 
 
 def test_671b_dimensions(bench):
@@ -91,6 +84,6 @@ def test_exits_with_a_message_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     env = {"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "0"}
-    r = subprocess.run([sys.executable, str(PATH), "--only", "act_quant"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "dsa.bench.gpu_ops", "--only", "act_quant"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0
     assert "needs a CUDA or ROCm GPU" in r.stderr

@@ -7,10 +7,10 @@ import shutil
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from runtime import CONFIG_DIR
-from runtime.errors import DsaError, InputError, TokenizerError
-from runtime.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
-from runtime.tokenizer_writer import BOS_TOKEN, EOS_TOKEN, build_tokenizer, write_tokenizer_files
+from dsa.configs import CONFIG_DIR
+from dsa.errors import DsaError, InputError, TokenizerError
+from dsa.io.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+from dsa.io.tokenizer_writer import BOS_TOKEN, EOS_TOKEN, build_tokenizer, write_tokenizer_files
 
 TEXTS = ["Hello, world!", "héllo wörld — ünïcode", "日本語のテキスト and 中文", "emoji 🙂🚀 mixed\nlines\t!", ""]
 

@@ -1,4 +1,4 @@
-"""`from runtime import LLM`: generate / logits on a tiny checkpoint, the same answers as `dsa run`, and every
+"""`from dsa import LLM`: generate / logits on a tiny checkpoint, the same answers as `dsa run`, and every
 invalid argument an InputError raised before any work."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from runtime import LLM
-from runtime.cli import main, printable
-from runtime.errors import DsaError, InputError
+from dsa import LLM
+from dsa.cli import main, printable
+from dsa.errors import DsaError, InputError
 from tests.unit.ckpt_fixtures import make_checkpoint
 
 PROMPT = "Sparse attention reads"
@@ -33,7 +33,7 @@ def cli(capsys, *argv):
 
 
 def test_import_runtime_stays_light():
-    code = "import sys, runtime; assert 'torch' not in sys.modules; from runtime import LLM; assert 'torch' in sys.modules"
+    code = "import sys, dsa; assert 'torch' not in sys.modules; from dsa import LLM; assert 'torch' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -143,9 +143,9 @@ def test_prompt_longer_than_context_generates_nothing(ckpt, monkeypatch):
     ({"tp": 2}, ["unknown", "tp"]),
 ])
 def test_invalid_constructor_arguments_fail_before_loading(ckpt, monkeypatch, kwargs, words):
-    import runtime.build
+    import dsa.io.model_source
 
-    monkeypatch.setattr(runtime.build, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(dsa.io.model_source, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     with pytest.raises(DsaError) as err:
         LLM(model=str(ckpt), **kwargs)
     assert all(w in str(err.value) for w in words), err.value

@@ -1,4 +1,4 @@
-"""runtime.loader: HF checkpoints are checked from their headers before any data is read, every bad input
+"""dsa.io.checkpoint_loader: HF checkpoints are checked from their headers before any data is read, every bad input
 is one clear error naming the tensor or file, and a loaded checkpoint computes exactly what
 `load_hf_state_dict` of the same tensors computes (fp8 kept, fp8 dequantised, bf16)."""
 from __future__ import annotations
@@ -11,16 +11,24 @@ import os
 import pytest
 import torch
 
-from model.cache import Batch, PagedCache
-from model.config import ModelConfig
-from model.layers import dequantize_blocks
-from model.transformer import DeepseekV32
-from runtime import CONFIG_DIR
-from runtime.errors import CheckpointError, ConfigError, DsaError
-from runtime.loader import FULL, load_model, open_checkpoint, read_header
-from runtime.ops import OpSet
-from tests.unit.ckpt_fixtures import (all_tensors, copy_checkpoint, edit_shard, edit_tensor, make_checkpoint, shard_of,
-                                      weight_map, write_weight_map)
+from dsa.configs import CONFIG_DIR
+from dsa.errors import CheckpointError, ConfigError, DsaError
+from dsa.hal import OpSet
+from dsa.io.checkpoint_loader import FULL, load_model, open_checkpoint, read_header
+from dsa.model.cache import Batch, PagedCache
+from dsa.model.config import ModelConfig
+from dsa.model.layers import dequantize_blocks
+from dsa.model.transformer import DeepseekV32
+from tests.unit.ckpt_fixtures import (
+    all_tensors,
+    copy_checkpoint,
+    edit_shard,
+    edit_tensor,
+    make_checkpoint,
+    shard_of,
+    weight_map,
+    write_weight_map,
+)
 
 OPS = OpSet.single("torch")
 IDS = [0, 17, 99, 4, 250, 31, 8, 77, 140, 3, 66, 200, 12, 45, 180, 9, 23, 101, 7, 255]
@@ -301,7 +309,7 @@ def test_bad_checkpoint_is_one_clear_error(bad, case):
 @pytest.mark.parametrize("case", ["index names a missing shard", "truncated shard", "tensor missing", "unexpected tensor",
                                   "wrong shape", "fp8 weight without its scale", "another model_type"])
 def test_bad_checkpoint_through_the_cli(bad, capsys, case):
-    from runtime.cli import main
+    from dsa.cli import main
 
     kind, damage = BAD_INPUTS[case]
     d, words = damage(bad(kind))
@@ -315,7 +323,7 @@ def test_bad_checkpoint_through_the_cli(bad, capsys, case):
 
 
 def test_cli_missing_directory_and_config(bad, capsys):
-    from runtime.cli import main
+    from dsa.cli import main
 
     d = bad()
     for model, words in [(d.parent / "nowhere", ["nowhere", "not found"]), (d, ["config.json", "not found"])]:
@@ -352,7 +360,7 @@ def test_progress_line_on_a_terminal_only(ckpts, monkeypatch):
 
 
 def test_pickled_weights_are_refused(ckpts, tmp_path):
-    from runtime.build import resolve_model
+    from dsa.io.model_source import resolve_model
 
     d = tmp_path / "bin"
     d.mkdir()

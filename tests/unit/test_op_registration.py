@@ -5,9 +5,8 @@ and torch.export. Run with the portable provider; a vendor provider is checked t
 import pytest
 import torch
 
-import runtime.ops as ops
-from runtime import registry
-from runtime.ops import kv_format
+import dsa.hal as ops
+from dsa.hal import kv_format, registry
 
 PROVIDER = "torch"
 

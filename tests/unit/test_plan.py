@@ -3,16 +3,26 @@ from __future__ import annotations
 
 import pytest
 
-from model.config import ModelConfig
-from runtime import CONFIG_DIR, registry
-from runtime.detect import Hardware
-from runtime.errors import DsaError, NoProviderError
-from runtime.ops import OpSet
-from runtime.plan import (
-    MOE_SLACK, PREFILL_CHUNK, RESERVE_FRACTION, GiB, activation_terms, cache_bytes_per_token_layer,
-    candidate_layouts, count_parameters, make_plan, plan_report, search_layouts, weight_groups,
+from dsa.configs import CONFIG_DIR
+from dsa.errors import DsaError, NoProviderError
+from dsa.hal import OpSet, registry
+from dsa.model.config import ModelConfig
+from dsa.planning.device_profile import LayoutSpec, list_profiles, load_profile
+from dsa.planning.hardware import Hardware
+from dsa.planning.plan import (
+    MOE_SLACK,
+    PREFILL_CHUNK,
+    RESERVE_FRACTION,
+    GiB,
+    activation_terms,
+    cache_bytes_per_token_layer,
+    candidate_layouts,
+    count_parameters,
+    make_plan,
+    plan_report,
+    search_layouts,
+    weight_groups,
 )
-from runtime.profile import LayoutSpec, list_profiles, load_profile
 
 SHIPPED = ["ascend-a2", "ascend-a3", "b200", "cpu", "h100", "h20", "h200", "mi300x", "mi350x"]
 
@@ -355,7 +365,7 @@ def test_fewest_devices_first(big):
 
 
 def test_plan_report_and_cli(big, capsys):
-    from runtime.cli import main
+    from dsa.cli import main
 
     h200 = load_profile("h200")
     searched = plan_report(h200, big)
@@ -375,12 +385,10 @@ def test_plan_report_and_cli(big, capsys):
 
 
 def test_readme_table_is_current(big):
-    """README.md's memory-planning table is bench/plan_table.py's output."""
-    import importlib.util
+    """README.md's memory-planning table is dsa/bench/plan_table.py's output."""
+    from pathlib import Path
 
-    root = CONFIG_DIR.parent
-    spec = importlib.util.spec_from_file_location("plan_table", root / "bench" / "plan_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    table = mod.markdown_table(big)
-    assert table in (root / "README.md").read_text(), "regenerate: .venv/bin/python bench/plan_table.py"
+    from dsa.bench import plan_table
+
+    table = plan_table.markdown_table(big)
+    assert table in (Path(__file__).resolve().parents[2] / "README.md").read_text(), "regenerate: .venv/bin/python -m dsa.bench.plan_table"

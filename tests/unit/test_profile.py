@@ -6,9 +6,9 @@ import re
 import pytest
 import yaml
 
-from runtime import registry
-from runtime.errors import ConfigError, ProfileError
-from runtime.profile import DEVICES_DIR, DeviceProfile, list_profiles, load_profile
+from dsa.errors import ConfigError, ProfileError
+from dsa.hal import registry
+from dsa.planning.device_profile import DEVICES_DIR, DeviceProfile, list_profiles, load_profile
 
 SHIPPED = ["a100", "ascend-a2", "ascend-a3", "b200", "cpu", "h100", "h20", "h200", "mi300x", "mi350x", "rtx-pro-6000"]
 

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from runtime.engine import SamplingParams, sample
-from runtime.errors import InputError
-from runtime.tokenizer import ByteTokenizer
+from dsa.engine.engine import SamplingParams, sample
+from dsa.errors import InputError
+from dsa.io.tokenizer import ByteTokenizer
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
-"""Every Triton kernel of backends/triton compiles for sm90, sm100, gfx942 and gfx950 without a GPU.
+"""Every Triton kernel of dsa/backends/triton compiles for sm90, sm100, gfx942 and gfx950 without a GPU.
 
-Runs `python -m backends.triton.compile_check -t TARGET` in a child process (kernels must be defined
+Runs `python -m dsa.backends.triton.compile_check -t TARGET` in a child process (kernels must be defined
 without TRITON_INTERPRET, which the test session sets on CPU machines). A target whose toolchain is
 missing is reported as SKIPPED with the checker's reason, never as passed.
 """
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 @pytest.mark.parametrize("target", ["sm90", "sm100", "gfx942", "gfx950"])
 def test_kernels_compile(target):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "backends.triton.compile_check", "-t", target],
+    run = subprocess.run([sys.executable, "-m", "dsa.backends.triton.compile_check", "-t", target],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     out = run.stdout
     print(out)  # the regs / spills / shared-memory table, shown with -s or on failure

@@ -2,7 +2,7 @@
 
 The conformance suite runs the Triton providers as a CPU would (fp8 decoded to fp32, big tiles). These
 tests cover what a GPU would take instead: each way of feeding fp8 to the tensor cores
-(backends.triton.numerics.FP8_*), the one-query-per-program indexer tiling of GPUs, and the bit-level
+(dsa.backends.triton.numerics.FP8_*), the one-query-per-program indexer tiling of GPUs, and the bit-level
 conversions (fp32 -> bf16 / e4m3fn, round to nearest even) every path relies on.
 """
 from __future__ import annotations
@@ -12,18 +12,19 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from backends.triton.common import INTERPRETING  # noqa: E402
+from dsa.backends.triton.common import INTERPRETING  # noqa: E402
 
 if not INTERPRETING:
     pytest.skip("these tests run Triton kernels on CPU tensors (TRITON_INTERPRET=1)", allow_module_level=True)
 
 import triton.language as tl  # noqa: E402
 
-from backends.torch import grouped_gemm as torch_gg  # noqa: E402
-from backends.triton import grouped_gemm as gg, indexer, numerics  # noqa: E402
-from tests.conformance.inputs import quantize_rows, quantize_weight, randn, rng  # noqa: E402
-from tests.reference.compare import assert_topk_equivalent  # noqa: E402
-from tests.reference.ops import ref_indexer_scores, ref_topk_count  # noqa: E402
+from dsa.backends.torch import grouped_gemm as torch_gg  # noqa: E402
+from dsa.backends.triton import grouped_gemm as gg  # noqa: E402
+from dsa.backends.triton import indexer, numerics
+from dsa.conformance.inputs import quantize_rows, quantize_weight, randn, rng  # noqa: E402
+from dsa.conformance.reference.compare import assert_topk_equivalent  # noqa: E402
+from dsa.conformance.reference.ops import ref_indexer_scores, ref_topk_count  # noqa: E402
 
 FP8_MODES = [numerics.FP8_NATIVE, numerics.FP8_FNUZ, numerics.FP8_FP16, numerics.FP8_F32]
 MODE_IDS = ["native", "fnuz", "fp16", "f32"]

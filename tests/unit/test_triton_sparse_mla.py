@@ -10,18 +10,18 @@ import importlib.util
 import pytest
 import torch
 
-from runtime.registry import Target
-from tests.conformance.inputs import paged_cache, randn, rng, sparse_indices
-from tests.conformance.tolerances import LSE, out_tol
-from tests.reference.compare import assert_close
-from tests.reference.ops import ref_sparse_mla_decode, ref_sparse_mla_prefill
+from dsa.conformance.inputs import paged_cache, randn, rng, sparse_indices
+from dsa.conformance.reference.compare import assert_close
+from dsa.conformance.reference.ops import ref_sparse_mla_decode, ref_sparse_mla_prefill
+from dsa.conformance.tolerances import LSE, out_tol
+from dsa.hal.registry import Target
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
 @pytest.fixture(scope="module")
 def tsm():
-    from backends.triton import common, sparse_mla
+    from dsa.backends.triton import common, sparse_mla
 
     if not common.INTERPRETING and not torch.cuda.is_available():
         pytest.skip("triton kernels need a GPU or TRITON_INTERPRET=1 (tests/conftest.py sets it on CPU machines)")

@@ -1,0 +1,313 @@
+"""`dsa`: run | plan | devices | make-checkpoint | conformance. A thin layer over dsa.planning.device_profile / plan / build / engine.
+
+User errors (`DsaError`) print one line `error: ...` on stderr, no traceback, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from dsa.errors import DsaError, InputError
+
+DEFAULT_PROMPT = "DeepSeek Sparse Attention reads only the tokens that matter:"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors exit 2 with a one-line message like every other user error."""
+
+    def error(self, message):  # noqa: D401
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_layout_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tp", type=int, help="tensor-parallel degree (overrides the profile)")
+    p.add_argument("--ep", type=int, help="expert-parallel degree (overrides the profile)")
+    p.add_argument("--dp", dest="dp_attention", type=int, help="DP-attention degree (overrides the profile)")
+    p.add_argument("--nodes", type=int, help="number of nodes (overrides the profile)")
+    p.add_argument("--kv-cache-dtype", choices=("bf16", "fp8"), help="latent cache format (overrides the profile)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dsa", description="DeepSeek-V3.2 (sparse attention) on any hardware")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log provider choices and fallbacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="generate text")
+    run.add_argument("--device", required=True, help="device profile name (see `dsa devices`) or a .yaml path")
+    run.add_argument("--model", help="checkpoint dir, config.json, or built-in model name (default: tiny)")
+    src = run.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help=f"prompt text (default: {DEFAULT_PROMPT!r})")
+    src.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
+    src.add_argument("--interactive", action="store_true", help="read prompts from stdin, one per line")
+    run.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate at most (default 200)")
+    run.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
+    run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
+    run.add_argument("--seed", type=int, help="sampling seed (default: random)")
+    run.add_argument("--weights-seed", type=int, default=0, help="seed of the random weights of config-only models")
+    fmt = run.add_mutually_exclusive_group()
+    fmt.add_argument("--chat", dest="chat", action="store_const", const=True, default=None,
+                     help="format the prompt with the checkpoint's chat template (the default when it has one)")
+    fmt.add_argument("--raw", dest="chat", action="store_const", const=False, help="send the prompt text as is")
+    run.add_argument("--max-seq-len", type=int, help="context limit (default: the model's max_position_embeddings)")
+    run.add_argument("--nproc", type=int, help="start this many local processes (one per rank of the layout); "
+                     "multi-node: launch with torchrun instead (README, Multi-device and multi-node)")
+    _add_layout_flags(run)
+
+    plan = sub.add_parser("plan", help="memory per device and the smallest layout that fits; providers per op")
+    plan.add_argument("--device", required=True, help="device profile name or a .yaml path")
+    plan.add_argument("--model", help="checkpoint dir, config.json, or built-in model name (default: tiny)")
+    _add_layout_flags(plan)
+    plan.add_argument("--context", type=int, help="tokens per sequence to hold (default: max_position_embeddings)")
+    plan.add_argument("--batch", type=int, help="sequences per DP-attention group to hold (default 1)")
+    plan.epilog = ("Without --tp/--ep/--dp: searches 1..--nodes (default 4) nodes for the smallest layout that fits "
+                   "and shows it next to the profile's default. With any of them: evaluates exactly that layout.")
+
+    sub.add_parser("devices", help="list the device profiles and which one matches this machine")
+
+    mk = sub.add_parser("make-checkpoint", help="write seeded random weights in the HF checkpoint layout")
+    mk.add_argument("--config", required=True, help="config.json, checkpoint dir, or built-in model name (e.g. tiny)")
+    mk.add_argument("--out", required=True, type=Path, help="directory to create")
+    mk.add_argument("--fp8", action="store_true", help="fp8 e4m3 linear weights with 128x128 block scales")
+    mk.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    mk.add_argument("--shards", type=int, default=3, help="number of safetensors shards (default 3)")
+    mk.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
+
+    conf = sub.add_parser("conformance", help="check providers against the fp64 oracle; write report.json / report.md")
+    conf.add_argument("--device", help="check the providers this profile lists (default: every provider installed here)")
+    conf.add_argument("--provider", nargs="+", action="extend", default=[], metavar="NAME",
+                      help="check only these providers (repeatable)")
+    conf.add_argument("--report", type=Path, default=Path("conformance-report"),
+                      help="directory for report.json and report.md (default: ./conformance-report)")
+    conf.add_argument("-k", dest="keyword", metavar="EXPR", help="only the test cases matching this pytest -k expression")
+    conf.add_argument("--no-model", dest="model", action="store_false", help="skip the tiny-model rows")
+
+    from dsa.bench.command import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="measure speed and memory: sparse vs dense ops, ours vs "
+                                                     "transformers end to end, cache bytes (Markdown, --json)"))
+    return parser
+
+
+def _plan(args):
+    from dsa.io.model_source import resolve_model
+    from dsa.planning.device_profile import load_profile
+    from dsa.planning.plan import make_plan
+
+    profile = load_profile(args.device)
+    source = resolve_model(args.model)
+    plan = make_plan(profile, source.config, tp=args.tp, ep=args.ep, dp_attention=args.dp_attention,
+                     nodes=args.nodes, kv_cache_dtype=args.kv_cache_dtype)
+    return profile, source, plan
+
+
+def cmd_plan(args) -> int:
+    from dsa.io.model_source import resolve_model
+    from dsa.planning.device_profile import load_profile
+    from dsa.planning.plan import plan_report
+
+    profile = load_profile(args.device)
+    source = resolve_model(args.model)
+    text = plan_report(profile, source.config, tp=args.tp, ep=args.ep, dp_attention=args.dp_attention,
+                       nodes=args.nodes, kv_cache_dtype=args.kv_cache_dtype, context=args.context, batch=args.batch)
+    print(f"model: {source.name}")
+    print(text)
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from dsa.planning.device_profile import list_profiles, load_profile
+    from dsa.planning.hardware import detect, matching_profiles
+
+    hw = detect()
+    names = list_profiles()
+    profiles = [load_profile(n) for n in names]
+    matches = set(matching_profiles(hw, profiles))
+    print(f"this machine: {hw.platform}/{hw.arch} {hw.name} x{hw.device_count}")
+    rows = [("profile", "platform/arch", "memory", "devices", "description", "")]
+    for p in profiles:
+        rows.append((p.name, f"{p.platform}/{p.arch}", f"{p.memory_gb:g} GB", f"{p.devices_per_node}",
+                     p.description, "<- matches this machine" if p.name in matches else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + ("  " + r[5] if r[5] else ""))
+    return 0
+
+
+def printable(text: str) -> str:
+    """Shield the terminal from control characters (random weights emit arbitrary bytes)."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "\ufffd" for c in text)
+
+
+def _read_prompt(args) -> str:
+    if args.prompt_file is not None:
+        try:
+            return args.prompt_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"prompt file {args.prompt_file} not found") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise InputError(f"cannot read prompt file {args.prompt_file}: {err}") from None
+    return DEFAULT_PROMPT if args.prompt is None else args.prompt
+
+
+def cmd_run(args) -> int:
+    from dsa.dist import launch as distributed
+    from dsa.engine.engine import SamplingParams, check_prompt_fits
+    from dsa.io.model_source import load_source_tokenizer, prompt_ids
+    from dsa.planning.hardware import detect
+
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                            seed=args.seed)  # validate before any heavy work
+    prompt = None if args.interactive else _read_prompt(args)
+    profile, source, plan = _plan(args)
+    plan.check_runnable(detect())
+    # layout vs model and vs the launched processes: checked before any weight is read
+    distributed.check_launch(plan, args.nproc, fp8_weights=plan.weights == "fp8" and not source.random_weights)
+    if args.max_seq_len is not None and not 1 < args.max_seq_len <= source.config.max_position_embeddings:
+        raise InputError(f"--max-seq-len must be in [2, {source.config.max_position_embeddings}], got {args.max_seq_len}")
+    tokenizer = load_source_tokenizer(source)
+    chat = tokenizer.chat_template is not None if args.chat is None else args.chat
+    if chat and tokenizer.chat_template is None:
+        raise InputError(f"--chat: model {source.name} has no chat template (tokenizer_config.json); use --raw")
+    max_seq_len = args.max_seq_len or source.config.max_position_embeddings
+    if prompt is not None:
+        check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), max_seq_len)  # before any heavy work
+    if distributed.must_spawn(plan, args.nproc):  # this process only starts and waits for the ranks
+        return distributed.spawn_local(args.nproc, args.argv)
+    groups = distributed.init(plan)  # None: one process
+    try:
+        return _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq_len, groups)
+    finally:
+        distributed.shutdown(groups)
+
+
+def _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq_len, groups) -> int:
+    """Build, then answer the prompt(s). Several ranks: only rank 0 prints and reads stdin; DP group 0
+    serves the prompts while the other DP groups run dummy forwards in step (dsa.dist.launch)."""
+    import dataclasses
+
+    from dsa.dist import launch as distributed
+    from dsa.engine.engine import Engine, check_prompt_fits
+    from dsa.io.model_source import DTYPES, build_model, prompt_ids, torch_device
+    from dsa.io.tokenizer import clean_text
+
+    rank0 = groups is None or groups.rank == 0
+    serving = groups is None or groups.dp_rank == 0
+    params = dataclasses.replace(params, seed=distributed.shared_seed(params.seed, groups))
+    dtype = DTYPES[plan.dtype]
+    model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed,
+                        weights=plan.weights, parallel=groups, device=torch_device(profile.platform))
+    step = distributed.Lockstep(model, groups, plan.page_size) if groups and groups.dp_attention > 1 else model
+    engine = Engine(step, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
+                    max_seq_len=max_seq_len, eos_token_ids=tuple(tokenizer.eos_token_ids))
+    if rank0:
+        lay = plan.layout
+        ranks = f" over {plan.world_size} ranks (tp {lay.tp}, dp {lay.dp_attention}, ep {lay.ep})" if groups else ""
+        print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
+              f"{profile.name}{ranks}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()),
+              file=sys.stderr, flush=True)
+    out = sys.stdout if rank0 else None
+
+    def write(text: str) -> None:
+        if out is not None:
+            out.write(printable(text))
+            out.flush()
+
+    def answer(text: str) -> None:
+        ids = prompt_ids(tokenizer, text, chat)
+        check_prompt_fits(len(ids), engine.max_seq_len)  # before echoing anything
+        stream = tokenizer.stream_decoder()
+        if serving:
+            if not chat:  # raw text: print the continuation after the prompt; chat: only the reply
+                write(clean_text(text))
+            for token in engine.generate(ids, params):
+                write(stream.push(token))
+            write(stream.flush() + "\n")
+            if rank0:
+                print(f"[{engine.last_stats.summary()}]", flush=True)
+        if step is not model:
+            step.drain()  # in step with the DP groups still generating
+
+    if not args.interactive:
+        answer(prompt)
+        return 0
+    lines = sys.stdin if rank0 else iter(())
+    while True:
+        line = distributed.broadcast(next(lines, None) if rank0 else None, groups)
+        if line is None:
+            break
+        line = line.rstrip("\n")
+        if line.strip() in ("exit", "quit"):
+            break
+        if line.strip():
+            try:
+                answer(line)
+            except InputError as err:  # a bad prompt must not end the session
+                if rank0:
+                    print(f"error: {err}", file=sys.stderr)
+    return 0
+
+
+def cmd_make_checkpoint(args) -> int:
+    from dsa.io.checkpoint_writer import INDEX_FILE, write_checkpoint
+
+    out = write_checkpoint(args.config, args.out, fp8=args.fp8, seed=args.seed, num_shards=args.shards,
+                           overwrite=args.overwrite)
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    print(f"wrote {out}: {args.shards} shard(s) + {INDEX_FILE}, {size / 2**20:.1f} MiB of "
+          f"{'fp8' if args.fp8 else 'bf16'} weights (seed {args.seed}), tokenizer and chat template")
+    return 0
+
+
+def cmd_conformance(args) -> int:
+    """Exit 0 = every case passed or was skipped with a reason; 1 = a conformance failure."""
+    import shlex
+
+    from dsa.conformance.runner import run_conformance, summary
+
+    words = ["dsa", "conformance", *(["--device", args.device] if args.device else []),
+             *(["--provider", *args.provider] if args.provider else []), "--report", str(args.report),
+             *(["-k", args.keyword] if args.keyword else []), *([] if args.model else ["--no-model"])]
+    report = run_conformance(args.provider, args.device, args.report, keyword=args.keyword, model=args.model,
+                             command=shlex.join(words))
+    print(summary(report))
+    print(f"report: {args.report / 'report.md'} and report.json")
+    return 1 if report["result"] == "fail" else 0
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices, "make-checkpoint": cmd_make_checkpoint,
+            "conformance": cmd_conformance}
+
+
+def cmd_bench(args) -> int:
+    from dsa.bench.command import cmd_bench as bench
+
+    return bench(args)
+
+
+COMMANDS["bench"] = cmd_bench
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # usage error (2) or --help (0): already printed
+        return int(exit_.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `dsa run --nproc` passes it on to the ranks
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[dsa] %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except DsaError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""indexer_topk against the oracle's full fp64 score matrix, compared as sets (tie-aware)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dsa.conformance.calling import call_op
+from dsa.conformance.inputs import quantize_rows, randn, rng
+from dsa.conformance.reference.compare import assert_topk_equivalent
+from dsa.conformance.reference.ops import ref_indexer_scores, ref_topk_count
+from dsa.conformance.tolerances import TOPK_TIE
+
+pytestmark = pytest.mark.op("indexer_topk")
+
+
+def ranges_two_sequences(len_a: int, new_a: int, len_b: int, new_b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal [starts, ends) for the new tokens of two sequences packed as keys [0, len_a) + [len_a, len_a+len_b),
+    plus two rows with an empty range (starts == ends)."""
+    starts, ends = [], []
+    for offset, length, new in ((0, len_a, new_a), (len_a, len_b, new_b)):
+        for pos in range(length - new, length):
+            starts.append(offset)
+            ends.append(offset + pos + 1)
+    starts += [0, len_a + 3]
+    ends += [0, len_a + 3]
+    return torch.tensor(starts, dtype=torch.int32), torch.tensor(ends, dtype=torch.int32)
+
+
+def indexer_inputs(T: int, S: int, H: int, D: int, kind, g: torch.Generator):
+    """q [T,H,D], weights [T,H] (signed, as weights_proj gives), k [S,D], k_scale [S]; fp8 = SPEC 2.2."""
+    q, k = randn((T, H, D), g), randn((S, D), g)
+    weights = randn((T, H), g) * H**-0.5 * D**-0.5
+    if kind == "fp8":  # one scale per head vector / key (block of D); q's scale folds into weights
+        q8, q_scale = quantize_rows(q.reshape(T * H, D), block=D)
+        k8, k_scale = quantize_rows(k, block=D)
+        return q8.reshape(T, H, D), weights * q_scale.reshape(T, H), k8, k_scale.reshape(S)
+    return q.to(kind), weights, k.to(kind), torch.ones(S)
+
+
+CASES = [
+    # (name, H, D, kind, (len_a, new_a, len_b, new_b), topk)
+    ("fp8_671B_prefill", 64, 128, "fp8", (20, 7, 30, 4), 8),  # T=13 incl. 2 empty rows; short rows < topk
+    ("fp8_671B_decode_long", 64, 128, "fp8", (300, 1, 150, 1), 64),
+    ("bf16_topk_2048_gt_len", 4, 32, torch.bfloat16, (9, 3, 40, 2), 2048),  # everything visible selected
+    ("fp32_ties", 5, 16, torch.float32, (24, 5, 16, 6), 6),  # duplicated keys: exact score ties
+]
+
+
+@pytest.mark.parametrize("name,H,D,kind,lens,topk", CASES, ids=[c[0] for c in CASES])
+def test_indexer_topk(provider, name, H, D, kind, lens, topk):
+    g = rng(len(name))
+    starts, ends = ranges_two_sequences(*lens)
+    T, S = starts.shape[0], lens[0] + lens[2]
+    q, weights, k, k_scale = indexer_inputs(T, S, H, D, kind, g)
+    if name.endswith("ties"):
+        k[1::3] = k[0]  # every third key equals key 0
+        k[5] = 0  # a key scoring exactly 0 for everyone
+
+    idx = call_op("indexer_topk", provider, q, weights, k, k_scale, starts, ends, topk)
+    assert idx.dtype == torch.int32 and idx.shape == (T, topk)
+    ref = ref_indexer_scores(q, weights, k, k_scale, starts, ends)
+    assert_topk_equivalent(idx, ref, ref_topk_count(starts, ends, topk), tie_tol=TOPK_TIE)

@@ -1,0 +1,228 @@
+"""Launching `dsa run` over several processes: torchrun's env:// contract, local spawning, lockstep.
+
+    torchrun --nproc-per-node 8 -m dsa.cli run --device h200 --model DIR        # one node
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d \
+             --rdzv-endpoint HOST:29500 -m dsa.cli run --device h200 --model DIR --nodes 2
+    dsa run --device cpu --tp 2 --nproc 2                                         # spawns 2 itself
+
+Each process reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (set by torchrun, or by
+`spawn_local` in the same way) and joins the default process group with the profile's `collective`
+backend (gloo, nccl - also RCCL on ROCm -, hccl). Nothing here is global state: the groups a rank
+uses travel in a model.parallel.ParallelGroups.
+
+DP-attention: every DP group serves its own requests, but the MoE layers' collectives span the
+groups, so all ranks must run the same number of forward passes. `Lockstep` wraps the model: before
+each forward the ranks vote (one all-reduce of a flag) and a rank with nothing to do runs a one-token
+dummy forward on a scratch cache while any other rank is busy.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+from pathlib import Path
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from dsa.model.parallel import ParallelGroups, check_layout
+from dsa.errors import DsaError
+
+ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+POLL_SECONDS = 0.2
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding this dsa package: the ranks import the same one
+
+
+def launched() -> bool:
+    """This process is one rank of a torchrun / spawn_local launch."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _env_int(name: str, default: Optional[int] = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise DsaError(f"environment variable {name} is not set; launch with torchrun or `dsa run --nproc N`")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DsaError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def check_launch(plan, nproc: Optional[int], fp8_weights: bool) -> None:
+    """DsaError (before any weight is read) when the layout cannot be split over this model or does not
+    match the processes launched (torchrun's WORLD_SIZE, or --nproc)."""
+    lay = plan.layout
+    check_layout(plan.config, lay.tp, lay.dp_attention, lay.ep, fp8_weights=fp8_weights)
+    need = plan.world_size
+    how = f"tp {lay.tp} x dp {lay.dp_attention}"
+    if nproc is not None and (isinstance(nproc, bool) or nproc < 1):
+        raise DsaError(f"--nproc must be a positive integer, got {nproc}")
+    if launched():
+        world = _env_int("WORLD_SIZE")
+        if world != need:
+            raise DsaError(f"{world} processes were launched but the layout ({how}) needs {need}; launch {need} "
+                           f"or pass --tp / --dp so that tp x dp = {world}")
+        if nproc is not None and nproc != world:
+            raise DsaError(f"--nproc {nproc} does not match the {world} processes torchrun launched; drop --nproc")
+        local = os.environ.get("LOCAL_WORLD_SIZE")
+        if local is not None and world // _env_int("LOCAL_WORLD_SIZE") != lay.nodes:
+            raise DsaError(f"the layout says nodes={lay.nodes} but the launch has {world // int(local)} node(s) of "
+                           f"{local} processes; pass --nodes {world // int(local)}")
+        return
+    if nproc is None:
+        if need > 1:
+            raise DsaError(f"the layout ({how}, ep {lay.ep}) needs {need} processes: add --nproc {need} (one machine) "
+                           f"or launch with torchrun --nproc-per-node {need // lay.nodes} -m dsa.cli run ...")
+        return
+    if nproc != need:
+        raise DsaError(f"--nproc {nproc} does not match the layout ({how} = {need} processes); pass --nproc {need} "
+                       f"or --tp / --dp so that tp x dp = {nproc}")
+    if lay.nodes != 1:
+        raise DsaError(f"--nproc starts processes on this machine only, but the layout says nodes={lay.nodes}; "
+                       "launch every node with torchrun (see README, Multi-device and multi-node)")
+
+
+def must_spawn(plan, nproc: Optional[int]) -> bool:
+    return not launched() and nproc is not None and plan.world_size > 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_local(nproc: int, argv: Sequence[str]) -> int:
+    """Run `python -m dsa.cli *argv` as ranks 0..nproc-1 on this machine (torchrun's environment,
+    rendezvous on 127.0.0.1); rank 0 keeps stdin. Returns the first non-zero exit status, else 0. If a
+    rank fails, the others are stopped."""
+    port = free_port()
+    path = os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)
+    threads = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    procs: list[subprocess.Popen] = []
+    try:
+        for rank in range(nproc):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                       LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                       PYTHONPATH=path, **threads)  # like torchrun: ranks share the cores
+            procs.append(subprocess.Popen([sys.executable, "-m", "dsa.cli", *argv], env=env,
+                                          stdin=None if rank == 0 else subprocess.DEVNULL))
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = next((c for c in codes if c not in (None, 0)), None)
+            if failed is not None:
+                _stop(procs)
+                return failed
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(POLL_SECONDS)
+    except KeyboardInterrupt:
+        _stop(procs, signal.SIGINT)
+        return 130
+
+
+def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def init(plan) -> Optional[ParallelGroups]:
+    """Join the launch (env://) with the profile's collective backend and make the layout's groups;
+    None when this is a single, non-launched process."""
+    if not launched():
+        return None
+    lay = plan.layout
+    backend = plan.profile.collective
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise DsaError("the profile's collective is nccl but torch sees no CUDA/ROCm device here")
+        torch.cuda.set_device(local_rank)
+    elif backend == "hccl":
+        try:
+            import torch_npu  # noqa: F401  (registers the hccl backend and torch.npu)
+        except ImportError:
+            raise DsaError("the profile's collective is hccl, which needs torch_npu (with CANN)") from None
+        torch.npu.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://")
+    return ParallelGroups.create(lay.tp, lay.dp_attention, lay.ep)
+
+
+def shutdown(groups: Optional[ParallelGroups]) -> None:
+    if groups is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(obj, groups: Optional[ParallelGroups]):
+    """Rank 0's `obj` on every rank (a prompt, a seed)."""
+    if groups is None or groups.world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=groups.world_group)
+    return box[0]
+
+
+def shared_seed(seed: Optional[int], groups: Optional[ParallelGroups]) -> Optional[int]:
+    """The ranks of a DP group must sample alike: an unset seed becomes one drawn on rank 0."""
+    if groups is None or groups.world_size == 1 or seed is not None:
+        return seed
+    return broadcast(random.SystemRandom().randrange(2**63), groups)
+
+
+class Lockstep:
+    """Calls the model like the model, after a vote that keeps every rank's forward passes in step.
+
+    `drain()` runs dummy one-token forwards until no rank is busy; call it when this rank's work is
+    done (a rank with no request calls it right away)."""
+
+    def __init__(self, model: torch.nn.Module, groups: ParallelGroups, page_size: int):
+        self.model, self.groups, self.page_size = model, groups, page_size
+        self._scratch = None
+
+    def __call__(self, *args, **kwargs):
+        self._vote(True)
+        return self.model(*args, **kwargs)
+
+    def _vote(self, busy: bool) -> bool:
+        device = next(self.model.parameters()).device  # nccl / hccl reduce device tensors
+        flag = torch.tensor([int(busy)], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.groups.world_group)
+        return bool(flag.item())
+
+    @torch.inference_mode()
+    def drain(self) -> int:
+        """Dummy forwards while any rank is busy; returns how many ran."""
+        steps = 0
+        while self._vote(False):
+            self._idle_step()
+            steps += 1
+        return steps
+
+    def _idle_step(self) -> None:
+        from dsa.model.cache import Batch, PagedCache
+
+        m = self.model
+        device = next(m.parameters()).device
+        if self._scratch is None:
+            self._scratch = PagedCache(m.config, num_blocks=1, page_size=self.page_size, kv_cache_dtype=m.kv_cache_dtype,
+                                       dtype=m.dtype, indexer_fp8=m.indexer_fp8, device=device)
+        batch = Batch.build(new_lens=[1], context_lens=[0], block_tables=[[0]], page_size=self.page_size, device=device)
+        m(torch.zeros(1, dtype=torch.long, device=device), batch, self._scratch, last_only=True)
+
+
+__all__ = ["launched", "check_launch", "must_spawn", "spawn_local", "init", "shutdown", "broadcast", "shared_seed",
+           "Lockstep", "free_port", "ENV"]

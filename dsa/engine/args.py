@@ -1,0 +1,222 @@
+"""EngineArgs: every user option of a model run, in one frozen, validated object.
+
+`dsa run`, `dsa plan` and `LLM(...)` all build one (from CLI flags or keyword arguments) and reach a plan
+and an engine only through it:
+
+    args = EngineArgs(model="path/to/DeepSeek-V3.2-Exp", device="h200", max_seq_len=32768)
+    setup = args.resolve()            # profile + model source + Plan, every check done, no weight read
+    model = setup.build_model()       # the graph with weights, on the profile's device
+    engine = setup.make_engine(model, tokenizer)
+
+Field names follow the Python API; each field has a `dsa` flag (FLAGS), vLLM-style aliases included.
+A bad value is an `InputError` naming the field and its flag, raised before any heavy work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Optional
+
+import torch
+
+from dsa.errors import InputError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+KV_CACHE_DTYPES = ("bf16", "fp8")
+WEIGHT_FORMATS = ("fp8", "bf16")
+MAX_SEED = 2**63
+
+# field -> the `dsa run` / `dsa plan` flags that set it (the first is the one help and errors show)
+FLAGS = {
+    "model": ("--model",),
+    "device": ("--device",),
+    "dtype": ("--dtype",),
+    "kv_cache_dtype": ("--kv-cache-dtype",),
+    "weights": ("--weights",),
+    "indexer_fp8": ("--indexer-fp8",),
+    "max_seq_len": ("--max-seq-len", "--max-model-len"),
+    "page_size": ("--page-size", "--block-size"),
+    "weights_seed": ("--weights-seed",),
+    "tp": ("--tp", "--tensor-parallel-size"),
+    "ep": ("--ep", "--expert-parallel-size"),
+    "dp_attention": ("--dp", "--data-parallel-size"),
+    "nodes": ("--nodes",),
+}
+
+
+@dataclass(frozen=True)
+class EngineArgs:
+    """model: checkpoint directory, config.json, or built-in model name (None = the built-in tiny model).
+    device: a device profile name (dsa/configs/devices: cpu, h200, mi300x, ascend-a3, ...) or a .yaml path.
+    dtype: compute dtype (bf16 | fp16 | fp32; None = the profile's). kv_cache_dtype: bf16 | fp8 latent
+    cache (None = the profile's). weights: fp8 keeps a checkpoint's fp8 weights, bf16 dequantises (None =
+    the profile's). indexer_fp8: False = indexer q/k without fp8 rounding. max_seq_len: context limit (None
+    = the model's max_position_embeddings). page_size: KV-cache tokens per page (None = the profile's).
+    weights_seed: seed of the random weights of config-only models. tp / ep / dp_attention / nodes: the
+    parallel layout (None = the profile's).
+    """
+
+    model: Optional[str] = None
+    device: str = "cpu"
+    dtype: Optional[str] = None
+    kv_cache_dtype: Optional[str] = None
+    weights: Optional[str] = None
+    indexer_fp8: bool = True
+    max_seq_len: Optional[int] = None
+    page_size: Optional[int] = None
+    weights_seed: int = 0
+    tp: Optional[int] = None
+    ep: Optional[int] = None
+    dp_attention: Optional[int] = None
+    nodes: Optional[int] = None
+
+    def __post_init__(self):
+        if self.model is not None:
+            if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
+                raise _bad("model", self.model, "a checkpoint directory, a config.json or a built-in model name")
+            object.__setattr__(self, "model", str(self.model))
+        if not isinstance(self.device, (str, os.PathLike)) or not str(self.device).strip():
+            raise _bad("device", self.device, "a device profile name (see `dsa devices`) or a .yaml path")
+        object.__setattr__(self, "device", str(self.device))
+        if self.dtype is not None:
+            names = {v: k for k, v in DTYPES.items()}
+            dtype = names.get(self.dtype, self.dtype) if isinstance(self.dtype, torch.dtype) else self.dtype
+            if dtype not in DTYPES:
+                raise _bad("dtype", self.dtype, f"one of {', '.join(DTYPES)}")
+            object.__setattr__(self, "dtype", dtype)
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        _choice("weights", self.weights, WEIGHT_FORMATS)
+        if not isinstance(self.indexer_fp8, bool):
+            raise _bad("indexer_fp8", self.indexer_fp8, "True or False")
+        _integer("max_seq_len", self.max_seq_len, low=2)
+        _integer("page_size", self.page_size, low=1)
+        _integer("weights_seed", self.weights_seed, low=0, high=MAX_SEED, optional=False)
+        for name in ("tp", "ep", "dp_attention", "nodes"):
+            _integer(name, getattr(self, name), low=1)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
+        """Keyword arguments of the Python API; an unknown name is an InputError listing the known ones."""
+        unknown = sorted(set(kwargs) - set(cls.field_names()))
+        if unknown:
+            raise InputError(f"unknown option(s) {', '.join(unknown)}; the options are {', '.join(cls.field_names())}")
+        return cls(**{k: v for k, v in kwargs.items() if v is not None or k == "model"})
+
+    @classmethod
+    def from_cli(cls, namespace: Any) -> "EngineArgs":
+        """The fields a parsed `dsa` command line carries (flags it does not have keep their defaults)."""
+        given = {f: getattr(namespace, f) for f in cls.field_names() if getattr(namespace, f, None) is not None}
+        return cls(**given)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def replace(self, **changes: Any) -> "EngineArgs":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def layout_overrides(self) -> dict[str, Optional[int]]:
+        return {"tp": self.tp, "ep": self.ep, "dp_attention": self.dp_attention, "nodes": self.nodes}
+
+    def load_profile(self):
+        """The device profile, with this run's dtype and page size in place of its own."""
+        from dsa.planning.device_profile import load_profile
+
+        profile = load_profile(self.device)
+        if self.dtype is not None or self.page_size is not None:
+            kv = dataclasses.replace(profile.kv_cache, page_size=self.page_size or profile.kv_cache.page_size)
+            profile = dataclasses.replace(profile, dtype=self.dtype or profile.dtype, kv_cache=kv)
+        return profile
+
+    def resolve(self, **plan_kwargs: Any) -> "EngineSetup":
+        """Profile, model source and plan, with every check that needs no weights (context limit, providers,
+        layout vs heads). plan_kwargs go to make_plan (context, batch, memory_gb)."""
+        from dsa.io.model_source import resolve_model
+        from dsa.planning.plan import make_plan
+
+        profile = self.load_profile()
+        source = resolve_model(self.model)
+        limit = source.config.max_position_embeddings
+        if self.max_seq_len is not None and self.max_seq_len > limit:
+            raise InputError(f"max_seq_len ({FLAGS['max_seq_len'][0]}) is {self.max_seq_len} but model {source.name} "
+                             f"holds at most {limit} positions (max_position_embeddings); pass at most {limit}")
+        plan = make_plan(profile, source.config, kv_cache_dtype=self.kv_cache_dtype, weights=self.weights,
+                         **self.layout_overrides, **plan_kwargs)
+        return EngineSetup(self, profile, source, plan, self.max_seq_len or limit)
+
+
+@dataclass(frozen=True)
+class EngineSetup:
+    """What EngineArgs resolved to: the profile, where the model comes from, the plan, the context limit."""
+
+    args: EngineArgs
+    profile: Any  # dsa.planning.device_profile.DeviceProfile
+    source: Any  # dsa.io.model_source.ModelSource
+    plan: Any  # dsa.planning.plan.Plan
+    max_seq_len: int
+
+    @property
+    def config(self):
+        return self.source.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.plan.dtype]
+
+    def tokenizer(self):
+        from dsa.io.model_source import load_source_tokenizer
+
+        return load_source_tokenizer(self.source)
+
+    def build_model(self, groups=None, progress: Optional[bool] = None):
+        """The graph with its weights (this rank's part of them when `groups` is a ParallelGroups)."""
+        from dsa.dist.launch import torch_device
+        from dsa.io.model_source import build_model
+
+        plan = self.plan
+        return build_model(self.source, plan.opset(), dtype=self.dtype, kv_cache_dtype=plan.kv_cache_dtype,
+                           indexer_fp8=self.args.indexer_fp8, seed=self.args.weights_seed, weights=plan.weights,
+                           progress=progress, parallel=groups, device=torch_device(self.profile.platform))
+
+    def make_engine(self, model, eos_token_ids=()):
+        """The generation engine over `model` (the graph, or a DP lockstep wrapper of it)."""
+        from dsa.engine.engine import Engine
+
+        plan = self.plan
+        return Engine(model, self.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype,
+                      dtype=self.dtype, indexer_fp8=self.args.indexer_fp8, max_seq_len=self.max_seq_len,
+                      eos_token_ids=tuple(eos_token_ids))
+
+
+def _where(name: str) -> str:
+    return f"{name} ({FLAGS[name][0]})" if name in FLAGS else name
+
+
+def _bad(name: str, value: Any, expected: str) -> InputError:
+    return InputError(f"{_where(name)} must be {expected}, got {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise _bad(name, value, f"one of {', '.join(choices)}")
+
+
+def _integer(name: str, value: Any, *, low: int, high: Optional[int] = None, optional: bool = True) -> None:
+    """Integers are integers: not True, not 4.0, not '4'."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value < high)
+    if not ok:
+        span = f"an integer >= {low}" if high is None else f"an integer in [{low}, 2**{int(math.log2(high))})"
+        raise _bad(name, value, span)
+
+
+def engine_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The EngineArgs fields among `options` (for callers that mix them with other settings)."""
+    return {k: v for k, v in options.items() if k in EngineArgs.field_names()}
+
+
+__all__ = ["EngineArgs", "EngineSetup", "DTYPES", "FLAGS", "engine_kwargs"]
