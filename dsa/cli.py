@@ -22,12 +22,33 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def _add_layout_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tp", type=int, help="tensor-parallel degree (overrides the profile)")
-    p.add_argument("--ep", type=int, help="expert-parallel degree (overrides the profile)")
-    p.add_argument("--dp", dest="dp_attention", type=int, help="DP-attention degree (overrides the profile)")
-    p.add_argument("--nodes", type=int, help="number of nodes (overrides the profile)")
-    p.add_argument("--kv-cache-dtype", choices=("bf16", "fp8"), help="latent cache format (overrides the profile)")
+# How each EngineArgs field is given on the command line (the flag names themselves: dsa.engine.args.FLAGS).
+_ENGINE_FLAG_OPTIONS = {
+    "model": dict(help="checkpoint dir, config.json, or built-in model name (default: tiny)"),
+    "device": dict(required=True, help="device profile name (see `dsa devices`) or a .yaml path"),
+    "dtype": dict(choices=("bf16", "fp16", "fp32"), help="compute dtype (default: the profile's)"),
+    "kv_cache_dtype": dict(choices=("bf16", "fp8"), help="latent cache format (default: the profile's)"),
+    "weights": dict(choices=("fp8", "bf16"), help="fp8 keeps a checkpoint's fp8 weights, bf16 dequantises them "
+                                                   "(default: the profile's)"),
+    "indexer_fp8": dict(action=argparse.BooleanOptionalAction, default=None,
+                        help="round the indexer's q / k to fp8 as the release does (default: on)"),
+    "max_seq_len": dict(type=int, metavar="N", help="context limit (default: the model's max_position_embeddings)"),
+    "page_size": dict(type=int, metavar="N", help="KV-cache tokens per page (default: the profile's)"),
+    "weights_seed": dict(type=int, metavar="S", help="seed of the random weights of config-only models (default 0)"),
+    "tp": dict(type=int, metavar="N", help="tensor-parallel degree (default: the profile's)"),
+    "ep": dict(type=int, metavar="N", help="expert-parallel degree (default: the profile's)"),
+    "dp_attention": dict(type=int, metavar="N", help="DP-attention degree (default: the profile's)"),
+    "nodes": dict(type=int, metavar="N", help="number of nodes (default: the profile's)"),
+}
+PLAN_FIELDS = ("model", "device", "dtype", "kv_cache_dtype", "weights", "page_size", "tp", "ep", "dp_attention", "nodes")
+
+
+def _add_engine_flags(p: argparse.ArgumentParser, names=tuple(_ENGINE_FLAG_OPTIONS)) -> None:
+    """One flag (with its vLLM-style aliases) per EngineArgs field; each sets the attribute of the field's name."""
+    from dsa.engine.args import FLAGS
+
+    for name in names:
+        p.add_argument(*FLAGS[name], dest=name, **_ENGINE_FLAG_OPTIONS[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="generate text")
-    run.add_argument("--device", required=True, help="device profile name (see `dsa devices`) or a .yaml path")
-    run.add_argument("--model", help="checkpoint dir, config.json, or built-in model name (default: tiny)")
+    _add_engine_flags(run)
     src = run.add_mutually_exclusive_group()
     src.add_argument("--prompt", help=f"prompt text (default: {DEFAULT_PROMPT!r})")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
@@ -46,20 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--temperature", type=float, default=0.6, help="0 = greedy (default 0.6)")
     run.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass in (0, 1] (default 1)")
     run.add_argument("--seed", type=int, help="sampling seed (default: random)")
-    run.add_argument("--weights-seed", type=int, default=0, help="seed of the random weights of config-only models")
     fmt = run.add_mutually_exclusive_group()
     fmt.add_argument("--chat", dest="chat", action="store_const", const=True, default=None,
                      help="format the prompt with the checkpoint's chat template (the default when it has one)")
     fmt.add_argument("--raw", dest="chat", action="store_const", const=False, help="send the prompt text as is")
-    run.add_argument("--max-seq-len", type=int, help="context limit (default: the model's max_position_embeddings)")
     run.add_argument("--nproc", type=int, help="start this many local processes (one per rank of the layout); "
                      "multi-node: launch with torchrun instead (README, Multi-device and multi-node)")
-    _add_layout_flags(run)
 
     plan = sub.add_parser("plan", help="memory per device and the smallest layout that fits; providers per op")
-    plan.add_argument("--device", required=True, help="device profile name or a .yaml path")
-    plan.add_argument("--model", help="checkpoint dir, config.json, or built-in model name (default: tiny)")
-    _add_layout_flags(plan)
+    _add_engine_flags(plan, PLAN_FIELDS)
     plan.add_argument("--context", type=int, help="tokens per sequence to hold (default: max_position_embeddings)")
     plan.add_argument("--batch", type=int, help="sequences per DP-attention group to hold (default 1)")
     plan.epilog = ("Without --tp/--ep/--dp: searches 1..--nodes (default 4) nodes for the smallest layout that fits "
@@ -91,27 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(args):
-    from dsa.io.model_source import resolve_model
-    from dsa.planning.device_profile import load_profile
-    from dsa.planning.plan import make_plan
-
-    profile = load_profile(args.device)
-    source = resolve_model(args.model)
-    plan = make_plan(profile, source.config, tp=args.tp, ep=args.ep, dp_attention=args.dp_attention,
-                     nodes=args.nodes, kv_cache_dtype=args.kv_cache_dtype)
-    return profile, source, plan
-
-
 def cmd_plan(args) -> int:
+    from dsa.engine.args import EngineArgs
     from dsa.io.model_source import resolve_model
-    from dsa.planning.device_profile import load_profile
     from dsa.planning.plan import plan_report
 
-    profile = load_profile(args.device)
-    source = resolve_model(args.model)
-    text = plan_report(profile, source.config, tp=args.tp, ep=args.ep, dp_attention=args.dp_attention,
-                       nodes=args.nodes, kv_cache_dtype=args.kv_cache_dtype, context=args.context, batch=args.batch)
+    engine_args = EngineArgs.from_cli(args)
+    source = resolve_model(engine_args.model)
+    text = plan_report(engine_args.load_profile(), source.config, **engine_args.layout_overrides,
+                       kv_cache_dtype=engine_args.kv_cache_dtype, weights=engine_args.weights,
+                       context=args.context, batch=args.batch)
     print(f"model: {source.name}")
     print(text)
     return 0
@@ -153,60 +157,57 @@ def _read_prompt(args) -> str:
 
 
 def cmd_run(args) -> int:
-    from dsa.dist import launch as distributed
+    from dsa.dist import launch
+    from dsa.engine.args import EngineArgs
     from dsa.engine.engine import SamplingParams, check_prompt_fits
-    from dsa.io.model_source import load_source_tokenizer, prompt_ids
+    from dsa.io.model_source import prompt_ids
     from dsa.planning.hardware import detect
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)  # validate before any heavy work
     prompt = None if args.interactive else _read_prompt(args)
-    profile, source, plan = _plan(args)
+    setup = EngineArgs.from_cli(args).resolve()
+    source, plan = setup.source, setup.plan
     plan.check_runnable(detect())
     # layout vs model and vs the launched processes: checked before any weight is read
-    distributed.check_launch(plan, args.nproc, fp8_weights=plan.weights == "fp8" and not source.random_weights)
-    if args.max_seq_len is not None and not 1 < args.max_seq_len <= source.config.max_position_embeddings:
-        raise InputError(f"--max-seq-len must be in [2, {source.config.max_position_embeddings}], got {args.max_seq_len}")
-    tokenizer = load_source_tokenizer(source)
+    launch.check_launch(plan, args.nproc, fp8_weights=plan.weights == "fp8" and not source.random_weights)
+    tokenizer = setup.tokenizer()
     chat = tokenizer.chat_template is not None if args.chat is None else args.chat
     if chat and tokenizer.chat_template is None:
         raise InputError(f"--chat: model {source.name} has no chat template (tokenizer_config.json); use --raw")
-    max_seq_len = args.max_seq_len or source.config.max_position_embeddings
     if prompt is not None:
-        check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), max_seq_len)  # before any heavy work
-    if distributed.must_spawn(plan, args.nproc):  # this process only starts and waits for the ranks
-        return distributed.spawn_local(args.nproc, args.argv)
-    groups = distributed.init(plan)  # None: one process
+        check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), setup.max_seq_len)  # before any heavy work
+    if launch.must_spawn(plan, args.nproc):  # this process only starts and waits for the ranks
+        return launch.spawn_local(args.nproc, args.argv)
+    groups = launch.init(plan)  # None: one process
     try:
-        return _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq_len, groups)
+        return _serve(args, setup, tokenizer, chat, prompt, params, groups)
     finally:
-        distributed.shutdown(groups)
+        launch.shutdown(groups)
 
 
-def _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq_len, groups) -> int:
+def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
     """Build, then answer the prompt(s). Several ranks: only rank 0 prints and reads stdin; DP group 0
-    serves the prompts while the other DP groups run dummy forwards in step (dsa.dist.launch)."""
+    serves the prompts while the other DP groups run dummy forwards in step (dsa.dist.launch.Lockstep)."""
     import dataclasses
 
-    from dsa.dist import launch as distributed
-    from dsa.engine.engine import Engine, check_prompt_fits
-    from dsa.io.model_source import DTYPES, build_model, prompt_ids, torch_device
+    from dsa.dist import launch
+    from dsa.engine.engine import check_prompt_fits
+    from dsa.io.model_source import prompt_ids
     from dsa.io.tokenizer import clean_text
 
+    source, plan = setup.source, setup.plan
     rank0 = groups is None or groups.rank == 0
     serving = groups is None or groups.dp_rank == 0
-    params = dataclasses.replace(params, seed=distributed.shared_seed(params.seed, groups))
-    dtype = DTYPES[plan.dtype]
-    model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype, seed=args.weights_seed,
-                        weights=plan.weights, parallel=groups, device=torch_device(profile.platform))
-    step = distributed.Lockstep(model, groups, plan.page_size) if groups and groups.dp_attention > 1 else model
-    engine = Engine(step, source.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype, dtype=dtype,
-                    max_seq_len=max_seq_len, eos_token_ids=tuple(tokenizer.eos_token_ids))
+    params = dataclasses.replace(params, seed=launch.shared_seed(params.seed, groups))
+    model = setup.build_model(groups)
+    step = launch.Lockstep(model, groups, plan.page_size) if groups and groups.dp_attention > 1 else model
+    engine = setup.make_engine(step, tokenizer.eos_token_ids)
     if rank0:
         lay = plan.layout
         ranks = f" over {plan.world_size} ranks (tp {lay.tp}, dp {lay.dp_attention}, ep {lay.ep})" if groups else ""
         print(f"[dsa] model {source.name} ({'random weights' if source.random_weights else 'checkpoint'}) on "
-              f"{profile.name}{ranks}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()),
+              f"{setup.profile.name}{ranks}: " + ", ".join(f"{op}={p}" for op, p in plan.providers().items()),
               file=sys.stderr, flush=True)
     out = sys.stdout if rank0 else None
 
@@ -235,7 +236,7 @@ def _serve(args, profile, source, plan, tokenizer, chat, prompt, params, max_seq
         return 0
     lines = sys.stdin if rank0 else iter(())
     while True:
-        line = distributed.broadcast(next(lines, None) if rank0 else None, groups)
+        line = launch.broadcast(next(lines, None) if rank0 else None, groups)
         if line is None:
             break
         line = line.rstrip("\n")

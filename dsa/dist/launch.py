@@ -22,16 +22,16 @@ import random
 import signal
 import socket
 import subprocess
-from pathlib import Path
 import sys
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
-from dsa.model.parallel import ParallelGroups, check_layout
 from dsa.errors import DsaError
+from dsa.model.parallel import ParallelGroups, check_layout
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 POLL_SECONDS = 0.2
@@ -137,6 +137,18 @@ def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def torch_device(platform: str) -> torch.device:
+    """Where the model and its caches live on this rank: the profile's platform, local device LOCAL_RANK
+    (set by torchrun and `dsa run --nproc`; 0 for one process). ROCm builds of torch call GPUs "cuda"."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if platform in ("cuda", "rocm"):
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    if platform == "npu":
+        return torch.device("npu", local_rank)
+    return torch.device("cpu")
 
 
 def init(plan) -> Optional[ParallelGroups]:

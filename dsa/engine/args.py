@@ -17,15 +17,16 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 
 from dsa.errors import InputError
+from dsa.planning.device_profile import DTYPES as DTYPE_NAMES
+from dsa.planning.device_profile import KV_DTYPES, WEIGHT_FORMATS
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-KV_CACHE_DTYPES = ("bf16", "fp8")
-WEIGHT_FORMATS = ("fp8", "bf16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # the compute dtypes, by name
+assert tuple(DTYPES) == DTYPE_NAMES
 MAX_SEED = 2**63
 
 # field -> the `dsa run` / `dsa plan` flags that set it (the first is the one help and errors show)
@@ -86,7 +87,7 @@ class EngineArgs:
             if dtype not in DTYPES:
                 raise _bad("dtype", self.dtype, f"one of {', '.join(DTYPES)}")
             object.__setattr__(self, "dtype", dtype)
-        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_CACHE_DTYPES)
+        _choice("kv_cache_dtype", self.kv_cache_dtype, KV_DTYPES)
         _choice("weights", self.weights, WEIGHT_FORMATS)
         if not isinstance(self.indexer_fp8, bool):
             raise _bad("indexer_fp8", self.indexer_fp8, "True or False")
@@ -214,9 +215,4 @@ def _integer(name: str, value: Any, *, low: int, high: Optional[int] = None, opt
         raise _bad(name, value, span)
 
 
-def engine_kwargs(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The EngineArgs fields among `options` (for callers that mix them with other settings)."""
-    return {k: v for k, v in options.items() if k in EngineArgs.field_names()}
-
-
-__all__ = ["EngineArgs", "EngineSetup", "DTYPES", "FLAGS", "engine_kwargs"]
+__all__ = ["EngineArgs", "EngineSetup", "DTYPES", "FLAGS"]

@@ -5,22 +5,21 @@
         print(out.text, out.token_ids, out.stats.summary())
     logits = llm.logits([0, 100, 200])                             # float32 [3, vocab], one full forward
 
-Same path as `dsa run`: dsa.planning.device_profile -> dsa.planning.plan -> dsa.io.model_source (checkpoint or seeded random
-weights) -> dsa.engine.engine. One device (the plan is made with tp = dp_attention = ep = nodes = 1).
-Every invalid argument is an `InputError` (a `DsaError`) raised before any heavy work.
+Same path as `dsa run`: the keyword arguments are an EngineArgs (dsa.engine.args), resolved to a profile,
+a model source and a plan, then built. One device (a layout other than 1 x 1 is refused: run several
+ranks with `dsa run --nproc N`). Every invalid argument is an `InputError` (a `DsaError`) raised before
+any heavy work.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import torch
 
+from dsa.engine.args import EngineArgs
 from dsa.engine.engine import GenerationStats, SamplingParams
 from dsa.errors import InputError
-
-OVERRIDES = ("dtype", "kv_cache_dtype", "indexer_fp8", "max_seq_len", "weights_seed", "page_size", "weights")
 
 
 @dataclass(frozen=True)
@@ -36,44 +35,38 @@ class LLM:
 
     model: checkpoint directory, config.json, or built-in model name (None = the built-in tiny model).
     device: a device profile name (dsa/configs/devices: cpu, h200, mi300x, ascend-a3, ...) or a .yaml path.
-    overrides: dtype ("bf16" | "fp16" | "fp32", the compute dtype), kv_cache_dtype ("bf16" | "fp8"),
-    indexer_fp8 (False = indexer q/k without fp8 rounding), max_seq_len (context limit, default the
-    model's max_position_embeddings), weights_seed (random weights of config-only models), page_size
-    (KV cache tokens per page), weights ("fp8" keeps fp8 checkpoint weights, "bf16" dequantises).
+    options: any other EngineArgs field - dtype ("bf16" | "fp16" | "fp32"), kv_cache_dtype ("bf16" | "fp8"),
+    indexer_fp8, max_seq_len, page_size, weights ("fp8" | "bf16"), weights_seed. `LLM.from_engine_args`
+    takes a ready EngineArgs.
     """
 
-    def __init__(self, model: Optional[str] = None, device: str = "cpu", **overrides):
-        from dsa.engine.engine import Engine
-        from dsa.io.model_source import DTYPES, build_model, load_source_tokenizer, resolve_model, torch_device
-        from dsa.planning.device_profile import load_profile
-        from dsa.planning.hardware import detect
-        from dsa.planning.plan import make_plan
+    def __init__(self, model: Optional[str] = None, device: str = "cpu", **options):
+        args = EngineArgs.from_kwargs(model=model, device=device, **options)
+        self._start(args)
 
-        opts = _check_overrides(overrides)
-        profile = load_profile(device)
-        source = resolve_model(None if model is None else str(model))
-        config = source.config
-        max_seq_len = opts.get("max_seq_len")
-        if max_seq_len is not None and not 1 < max_seq_len <= config.max_position_embeddings:
-            raise InputError(f"max_seq_len must be in [2, {config.max_position_embeddings}] for model {source.name}, "
-                             f"got {max_seq_len}")
-        if "dtype" in opts or "page_size" in opts:
-            kv = dataclasses.replace(profile.kv_cache, page_size=opts.get("page_size", profile.kv_cache.page_size))
-            profile = dataclasses.replace(profile, dtype=opts.get("dtype", profile.dtype), kv_cache=kv)
-        plan = make_plan(profile, config, tp=1, dp_attention=1, ep=1, nodes=1,
-                         kv_cache_dtype=opts.get("kv_cache_dtype"), weights=opts.get("weights"))
-        plan.check_runnable(detect())
-        self.tokenizer = load_source_tokenizer(source)
-        self.source, self.config, self.plan = source, config, plan
-        self.indexer_fp8 = opts.get("indexer_fp8", True)
-        dtype = DTYPES[plan.dtype]
-        self.model = build_model(source, plan.opset(), dtype=dtype, kv_cache_dtype=plan.kv_cache_dtype,
-                                 indexer_fp8=self.indexer_fp8, seed=opts.get("weights_seed", 0), weights=plan.weights,
-                                 device=torch_device(plan.profile.platform))
-        self.engine = Engine(self.model, config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype,
-                             dtype=dtype, indexer_fp8=self.indexer_fp8,
-                             max_seq_len=max_seq_len or config.max_position_embeddings,
-                             eos_token_ids=tuple(self.tokenizer.eos_token_ids))
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> "LLM":
+        if not isinstance(args, EngineArgs):
+            raise InputError(f"from_engine_args takes an EngineArgs, got {type(args).__name__}")
+        llm = cls.__new__(cls)
+        llm._start(args)
+        return llm
+
+    def _start(self, args: EngineArgs) -> None:
+        from dsa.planning.hardware import detect
+
+        several = {k: v for k, v in args.layout_overrides.items() if v not in (None, 1)}
+        if several:
+            raise InputError(f"the LLM API runs on one device, got {', '.join(f'{k}={v}' for k, v in several.items())}; "
+                             "run several ranks with `dsa run --nproc N` (or torchrun)")
+        setup = args.replace(tp=1, ep=1, dp_attention=1, nodes=1).resolve()
+        setup.plan.check_runnable(detect())
+        self.args, self.setup = args, setup
+        self.tokenizer = setup.tokenizer()
+        self.source, self.config, self.plan = setup.source, setup.config, setup.plan
+        self.indexer_fp8 = args.indexer_fp8
+        self.model = setup.build_model()
+        self.engine = setup.make_engine(self.model, self.tokenizer.eos_token_ids)
 
     @property
     def max_seq_len(self) -> int:
@@ -138,32 +131,6 @@ class LLM:
             return self.model(ids, batch, engine.cache).float().cpu()
         finally:
             engine.allocator.free(blocks)
-
-
-def _check_overrides(overrides: dict) -> dict:
-    from dsa.io.model_source import DTYPES
-    from dsa.planning.device_profile import KV_DTYPES
-
-    unknown = sorted(set(overrides) - set(OVERRIDES))
-    if unknown:
-        raise InputError(f"unknown LLM option(s) {', '.join(unknown)}; the options are {', '.join(OVERRIDES)}")
-    opts = {k: v for k, v in overrides.items() if v is not None}
-    if "dtype" in opts:
-        names = {v: k for k, v in DTYPES.items()}
-        opts["dtype"] = names.get(opts["dtype"], opts["dtype"])  # torch.bfloat16 -> "bf16"
-        if opts["dtype"] not in DTYPES:
-            raise InputError(f"dtype must be one of {', '.join(DTYPES)}, got {overrides['dtype']!r}")
-    if "kv_cache_dtype" in opts and opts["kv_cache_dtype"] not in KV_DTYPES:
-        raise InputError(f"kv_cache_dtype must be one of {', '.join(KV_DTYPES)}, got {opts['kv_cache_dtype']!r}")
-    if "weights" in opts and opts["weights"] not in ("fp8", "bf16"):
-        raise InputError(f"weights must be 'fp8' or 'bf16', got {opts['weights']!r}")
-    if "indexer_fp8" in opts and not isinstance(opts["indexer_fp8"], bool):
-        raise InputError(f"indexer_fp8 must be True or False, got {opts['indexer_fp8']!r}")
-    for name, low in (("max_seq_len", 2), ("page_size", 1), ("weights_seed", 0)):
-        v = opts.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            raise InputError(f"{name} must be an integer >= {low}, got {v!r}")
-    return opts
 
 
 def _check_token_ids(token_ids, vocab_size: int, max_seq_len: int) -> list[int]:

@@ -21,7 +21,6 @@ from dsa.io.tokenizer import clean_text
 from dsa.model.config import ModelConfig
 
 BUILTIN_MODEL = "tiny"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -85,18 +84,6 @@ def check_random_weights_fit(source: ModelSource, bytes_per_param: int = 2) -> N
             f"{_available_memory_bytes() / 2**30:.1f} GiB free here; use the built-in model ({BUILTIN_MODEL}) "
             "or a real checkpoint on hardware that holds it (see `dsa plan`)"
         )
-
-
-def torch_device(platform: str) -> torch.device:
-    """Where the model and its caches live on this rank: the profile's platform, local device LOCAL_RANK
-    (set by torchrun and `dsa run --nproc`; 0 for one process). ROCm builds of torch call GPUs "cuda"."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if platform in ("cuda", "rocm"):
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    if platform == "npu":
-        return torch.device("npu", local_rank)
-    return torch.device("cpu")
 
 
 def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtype: str, indexer_fp8: bool = True,

@@ -140,7 +140,10 @@ def test_prompt_longer_than_context_generates_nothing(ckpt, monkeypatch):
     ({"max_seq_len": 10**9}, ["max_seq_len", "4096"]),
     ({"page_size": 0}, ["page_size"]),
     ({"weights": "int4"}, ["weights"]),
-    ({"tp": 2}, ["unknown", "tp"]),
+    ({"tp": 2}, ["one device", "tp=2"]),
+    ({"nosuch": 1}, ["unknown", "nosuch"]),
+    ({"weights_seed": -1}, ["weights_seed"]),
+    ({"page_size": 4.0}, ["page_size", "integer"]),
 ])
 def test_invalid_constructor_arguments_fail_before_loading(ckpt, monkeypatch, kwargs, words):
     import dsa.io.model_source
