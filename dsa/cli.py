@@ -159,7 +159,8 @@ def _read_prompt(args) -> str:
 def cmd_run(args) -> int:
     from dsa.dist import launch
     from dsa.engine.args import EngineArgs
-    from dsa.engine.engine import SamplingParams, check_prompt_fits
+    from dsa.engine.engine import check_prompt_fits
+    from dsa.engine.sampling import SamplingParams
     from dsa.io.model_source import prompt_ids
     from dsa.planning.hardware import detect
 
@@ -188,10 +189,11 @@ def cmd_run(args) -> int:
 
 def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
     """Build, then answer the prompt(s). Several ranks: only rank 0 prints and reads stdin; DP group 0
-    serves the prompts while the other DP groups run dummy forwards in step (dsa.dist.launch.Lockstep)."""
+    serves the prompts while the other DP groups run dummy forwards in step (dsa.dist.lockstep)."""
     import dataclasses
 
     from dsa.dist import launch
+    from dsa.dist.lockstep import Lockstep
     from dsa.engine.engine import check_prompt_fits
     from dsa.io.model_source import prompt_ids
     from dsa.io.tokenizer import clean_text
@@ -201,7 +203,7 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
     serving = groups is None or groups.dp_rank == 0
     params = dataclasses.replace(params, seed=launch.shared_seed(params.seed, groups))
     model = setup.build_model(groups)
-    step = launch.Lockstep(model, groups, plan.page_size) if groups and groups.dp_attention > 1 else model
+    step = Lockstep(model, groups, plan.page_size) if groups and groups.dp_attention > 1 else model
     engine = setup.make_engine(step, tokenizer.eos_token_ids)
     if rank0:
         lay = plan.layout

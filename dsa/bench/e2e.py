@@ -98,7 +98,7 @@ class Ours:
                 + ", ".join(sorted(set(plan.providers().values()))))
 
     def run(self, ids: list[int], steps: int) -> dict:
-        from dsa.engine.engine import SamplingParams
+        from dsa.engine.sampling import SamplingParams
 
         engine = self.llm.engine
         out = list(engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=steps + 1)))

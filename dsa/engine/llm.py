@@ -18,7 +18,8 @@ from typing import Optional, Sequence, Union
 import torch
 
 from dsa.engine.args import EngineArgs
-from dsa.engine.engine import GenerationStats, SamplingParams
+from dsa.engine.engine import GenerationStats
+from dsa.engine.sampling import SamplingParams
 from dsa.errors import InputError
 
 

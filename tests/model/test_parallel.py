@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dsa.engine.engine import Engine, SamplingParams
+from dsa.engine.engine import Engine
+from dsa.engine.sampling import SamplingParams
 from dsa.errors import ConfigError
 from dsa.hal import OpSet
 from dsa.io.checkpoint_loader import load_model
@@ -58,7 +59,7 @@ def _logits(model, ids: list[int]) -> torch.Tensor:
 
 
 def _greedy(model, prompt: int, groups=None) -> list[int]:
-    from dsa.dist.launch import Lockstep
+    from dsa.dist.lockstep import Lockstep
 
     step = Lockstep(model, groups, PAGE) if groups is not None and groups.dp_attention > 1 else model
     engine = Engine(step, model.config, page_size=PAGE, kv_cache_dtype="bf16", dtype=torch.float32,

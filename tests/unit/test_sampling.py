@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from dsa.engine.engine import SamplingParams, sample
+from dsa.engine.sampling import SamplingParams, sample
 from dsa.errors import InputError
 from dsa.io.tokenizer import ByteTokenizer
 
