@@ -23,7 +23,7 @@ def measure(kv_cache_dtype: str, num_blocks: int = 4, page_size: int = 64) -> di
     from dsa.configs import CONFIG_DIR
     from dsa.model.cache import PagedCache
     from dsa.model.config import ModelConfig
-    from dsa.planning.plan import cache_bytes_per_token_layer
+    from dsa.planning.parameters import cache_bytes_per_token_layer
 
     config = ModelConfig.from_file(CONFIG_DIR / "models" / "deepseek-v3.2-exp" / "config.json")
     cache = PagedCache(config, num_blocks=num_blocks, page_size=page_size, kv_cache_dtype=kv_cache_dtype,

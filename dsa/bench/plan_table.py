@@ -12,7 +12,8 @@ from __future__ import annotations
 from dsa.configs import CONFIG_DIR
 from dsa.model.config import ModelConfig
 from dsa.planning.device_profile import LayoutSpec, list_profiles, load_profile
-from dsa.planning.plan import GiB, Plan, make_plan, search_layouts
+from dsa.planning.parameters import GiB
+from dsa.planning.plan import Plan, make_plan, search_layouts
 
 HEADER = ("profile", "devices", "profile default", "layout chosen", "weights / device", "left after weights",
           "workspace", "KV + index / token", "tokens that fit / DP group", "verdict")

@@ -9,20 +9,10 @@ from dsa.hal import OpSet, registry
 from dsa.model.config import ModelConfig
 from dsa.planning.device_profile import LayoutSpec, list_profiles, load_profile
 from dsa.planning.hardware import Hardware
-from dsa.planning.plan import (
-    MOE_SLACK,
-    PREFILL_CHUNK,
-    RESERVE_FRACTION,
-    GiB,
-    activation_terms,
-    cache_bytes_per_token_layer,
-    candidate_layouts,
-    count_parameters,
-    make_plan,
-    plan_report,
-    search_layouts,
-    weight_groups,
-)
+from dsa.planning.layout import candidate_layouts
+from dsa.planning.memory import MOE_SLACK, PREFILL_CHUNK, RESERVE_FRACTION, activation_terms
+from dsa.planning.parameters import GiB, cache_bytes_per_token_layer, count_parameters, weight_groups
+from dsa.planning.plan import make_plan, plan_report, search_layouts
 
 SHIPPED = ["ascend-a2", "ascend-a3", "b200", "cpu", "h100", "h20", "h200", "mi300x", "mi350x"]
 
