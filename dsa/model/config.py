@@ -112,6 +112,12 @@ class ModelConfig:
     def is_moe_layer(self, layer: int) -> bool:
         return layer >= self.first_k_dense_replace
 
+    def is_mtp_layer(self, layer: int) -> bool:
+        """A multi-token-prediction layer: the num_nextn_predict_layers layers a checkpoint stores after the
+        decoder layers (layer 61 of the 671B release, which has one). With 0 there is none: a layer
+        num_hidden_layers is then no part of the model (a checkpoint holding one is rejected as unexpected)."""
+        return self.num_hidden_layers <= layer < self.num_hidden_layers + self.num_nextn_predict_layers
+
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "ModelConfig":

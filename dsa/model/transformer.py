@@ -115,7 +115,7 @@ class DeepseekV32(nn.Module):
         """Load HF-named tensors (SPEC 3). Strict: a missing, unexpected, mis-shaped or mis-typed tensor
         is a ConfigError naming it and what was expected. The MTP layers (stored after the last decoder layer) are skipped."""
         layout = self.hf_layout()
-        weights = {k: v for k, v in weights.items() if not _is_mtp(k, self.config)}
+        weights = {k: v for k, v in weights.items() if not is_mtp_tensor(k, self.config)}
         problems = []
         for name, (shape, dtype) in layout.items():
             t = weights.get(name)
@@ -154,8 +154,8 @@ class DeepseekV32(nn.Module):
             layer.self_attn.prepare()
 
 
-def _is_mtp(name: str, config: ModelConfig) -> bool:
-    """A tensor of the multi-token-prediction layers stored after the decoder layers (SPEC 3)."""
+def is_mtp_tensor(name: str, config: ModelConfig) -> bool:
+    """A tensor of a multi-token-prediction layer (ModelConfig.is_mtp_layer), stored after the decoder layers
+    (docs/model-and-ops.md 3). Neither load_hf_state_dict nor dsa.io's checkpoint loader loads it."""
     m = LAYER_NAME.match(name)
-    n = config.num_hidden_layers
-    return m is not None and n <= int(m.group(1)) < n + config.num_nextn_predict_layers
+    return m is not None and config.is_mtp_layer(int(m.group(1)))
