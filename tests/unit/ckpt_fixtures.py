@@ -44,6 +44,12 @@ def all_tensors(d: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def edit_config(d: Path, **changes) -> None:
+    """Rewrite the checkpoint's config.json with `changes` applied."""
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(cfg | changes, indent=2))
+
+
 def edit_shard(d: Path, shard: str, edit: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
                update_index: bool = True) -> None:
     """Rewrite one shard with edit(tensors); the index follows unless update_index is False."""

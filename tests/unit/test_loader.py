@@ -22,6 +22,7 @@ from dsa.model.transformer import DeepseekV32
 from tests.unit.ckpt_fixtures import (
     all_tensors,
     copy_checkpoint,
+    edit_config,
     edit_shard,
     edit_tensor,
     make_checkpoint,
@@ -159,6 +160,7 @@ def test_single_file_checkpoint_without_index(ckpts, tmp_path):
 
 def test_mtp_layer_is_skipped_logged_once_and_its_shard_not_opened(bad, caplog):
     d = bad()
+    edit_config(d, num_nextn_predict_layers=1)  # as in the 671B release: layer num_hidden_layers is MTP
     wm = weight_map(d)
     mtp = {"model.layers.3.eh_proj.weight": torch.zeros(128, 256, dtype=torch.bfloat16),
            "model.layers.3.enorm.weight": torch.ones(128)}
@@ -173,6 +175,32 @@ def test_mtp_layer_is_skipped_logged_once_and_its_shard_not_opened(bad, caplog):
     assert "mtp.safetensors" not in ckpt.shards
     notes = [r.getMessage() for r in caplog.records if "multi-token-prediction" in r.getMessage()]
     assert len(notes) == 1 and "3 tensors" in notes[0] and "layer 3" in notes[0]
+
+
+@pytest.mark.parametrize("nextn", [0, 1, 2])
+def test_mtp_layers_are_the_same_in_the_loader_and_load_hf_state_dict(bad, nextn):
+    """ModelConfig.is_mtp_layer is the one rule: layers num_hidden_layers .. + num_nextn_predict_layers - 1.
+    Both load paths skip exactly those; with num_nextn_predict_layers 0 there is no MTP layer, so a tensor of
+    layer num_hidden_layers is unexpected in both (a layer past the MTP layers too)."""
+    config = dataclasses.replace(tiny_config(), num_nextn_predict_layers=nextn)
+    n = config.num_hidden_layers
+    assert [i for i in range(n + 3) if config.is_mtp_layer(i)] == list(range(n, n + nextn))
+    extra = {f"model.layers.{i}.enorm.weight": torch.ones(128) for i in (n, n + 1)}
+    d = bad()
+    edit_config(d, num_nextn_predict_layers=nextn)
+    edit_tensor(d, "model.norm.weight", lambda t: t | extra)
+    tensors = all_tensors(d)
+    mtp = sorted(f"model.layers.{i}.enorm.weight" for i in range(n, n + min(nextn, 2)))
+    ckpt = open_checkpoint(d)
+    assert ckpt.config.num_nextn_predict_layers == nextn and ckpt.skipped == mtp
+    unexpected = sorted(set(extra) - set(mtp))
+    if unexpected:
+        with pytest.raises(CheckpointError, match=f"unexpected tensor {unexpected[0]}"):
+            load_model(ckpt, OPS)
+        with pytest.raises(ConfigError, match=f"unexpected tensor {unexpected[0]}"):
+            reference(config, tensors, fp8_weights=False)
+    else:
+        assert_same_weights(load_model(ckpt, OPS), reference(config, tensors, fp8_weights=False, dtype=torch.bfloat16))
 
 
 def test_errors_are_raised_from_headers_before_any_data_is_read(bad, monkeypatch):
