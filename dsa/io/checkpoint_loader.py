@@ -1,4 +1,5 @@
-"""HF safetensors checkpoints (SPEC 3): open, check, and load straight into the model - no conversion step.
+"""HF safetensors checkpoints (docs/model-and-ops.md 3): open, check, and load straight into the model - no
+conversion step.
 
 Two phases, so every problem with the files is reported before any tensor data is read:
 

@@ -55,7 +55,7 @@ def test_cache_bytes(big):
 
 
 def test_h200_memory(big):
-    """SPEC 6: fp8 weights (~690 GB) fit on 8x H200 with tens of GB per GPU left for the cache."""
+    """docs/model-and-ops.md 6: fp8 weights (~690 GB) fit on 8x H200 with tens of GB per GPU left for the cache."""
     h200 = load_profile("h200")
     for kwargs in ({}, {"tp": 8}):  # DP-attention 8 (default) and pure TP8
         m = make_plan(h200, big, **kwargs).memory
@@ -278,7 +278,7 @@ def test_workspace_formula(big):
 
 
 def test_h200_public_facts(big):
-    """SPEC 6: fp8 ~690 GB fit 8x H200 with ~55-60 GB per GPU left under TP8; the DP-attention layout
+    """docs/model-and-ops.md 6: fp8 ~690 GB fit 8x H200 with ~55-60 GB per GPU left under TP8; the DP-attention layout
     replicates attention (and holds the whole embedding / lm_head) so it leaves less."""
     h200 = load_profile("h200")
     tp8 = make_plan(h200, big, tp=8).memory
