@@ -20,9 +20,9 @@ from typing import Union
 
 from dsa.configs import CONFIG_DIR
 from dsa.errors import ConfigError, DsaError, OutputDirError
+from dsa.io.checkpoint import INDEX_FILE
 from dsa.model.config import ModelConfig
 
-INDEX_FILE = "model.safetensors.index.json"
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
                        "weight_block_size": [128, 128]}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
