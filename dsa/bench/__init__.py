@@ -3,7 +3,7 @@
     ops.py        one layer at the 671B shapes: indexer + sparse MLA against dense MLA (decode, prefill)
     dense_mla.py  the dense absorbed-MLA baseline those are compared with (plain PyTorch, chunked)
     e2e.py        the tiny model end to end: ours against transformers' DeepseekV32ForCausalLM
-    cache_bytes.py  KV + index cache bytes per token per layer, measured on PagedCache, against SPEC
+    cache_bytes.py  KV + index cache bytes per token per layer, measured on PagedCache, against docs/model-and-ops.md
     common.py     interleaved timing, peak-memory probes, machine description, Markdown tables
     run.py        the command: sections, --quick, --json, --markdown (bench/RESULTS.md)
 """

@@ -1,6 +1,6 @@
 """KV + index cache bytes per token per layer, measured on the tensors PagedCache actually allocates.
 
-SPEC 2.1 / 2.2 / 4 for the 671B config: latent 576 bf16 values = 1152 B (or the packed fp8 token,
+docs/model-and-ops.md 2.1 / 2.2 / 4 for the 671B config: latent 576 bf16 values = 1152 B (or the packed fp8 token,
 512 fp8 + 4 fp32 scales + 64 bf16 = 656 B) plus the index key, 128 fp8 + one fp32 scale = 132 B:
 1284 B per token per layer with the bf16 cache, 788 B with the fp8 cache.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-THEORY = {"bf16": 576 * 2 + 132, "fp8": 656 + 132}  # SPEC numbers for 671B
+THEORY = {"bf16": 576 * 2 + 132, "fp8": 656 + 132}  # docs/model-and-ops.md 2.2 numbers for 671B
 TOLERANCE = 0.05
 
 

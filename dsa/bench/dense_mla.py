@@ -1,6 +1,6 @@
 """The dense baseline: absorbed-form MLA attention over EVERY cached token (no indexer, no selection).
 
-What a V3-style runtime without DeepSeek Sparse Attention does per layer (SPEC 2.1, absorbed / MQA
+What a V3-style runtime without DeepSeek Sparse Attention does per layer (docs/model-and-ops.md 2.1, absorbed / MQA
 form): query [H, 576] against all S cached [c_kv ; k_pe] rows, value = the first 512 dims. Written
 plainly but not naively, so the sparse-vs-dense ratio measures the algorithm, not a weak baseline:
 keys are read chunk by chunk (a few MiB, cache- and allocator-friendly), each chunk feeds one GEMM over

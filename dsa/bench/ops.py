@@ -1,6 +1,6 @@
 """Op scaling: one attention layer at the 671B shapes, DeepSeek Sparse Attention against dense MLA.
 
-Shapes (SPEC 1): 128 query heads of 576 (= 512 latent + 64 rope) over a shared 576-wide latent cache,
+Shapes (docs/model-and-ops.md 1): 128 query heads of 576 (= 512 latent + 64 rope) over a shared 576-wide latent cache,
 value 512; the lightning indexer's 64 heads x 128 (fp8 q and keys, one fp32 scale per key); top-k 2048.
 The latent cache is paged (64-token pages, scattered block ids) in bf16, as on the serving path.
 
@@ -39,7 +39,7 @@ class Shapes:
     index_heads: int = 64
     index_dim: int = 128
     topk: int = 2048
-    sm_scale: float = 0.1352338  # SPEC 2.1: 192^-0.5 * mscale^2
+    sm_scale: float = 0.1352338  # docs/model-and-ops.md 2.1: 192^-0.5 * mscale^2
 
     @property
     def dqk(self) -> int:

@@ -1,4 +1,4 @@
-"""The one tolerance table of the conformance suite (SPEC section 7 rules; see tests/reference/compare.py).
+"""The one tolerance table of the conformance suite (docs/model-and-ops.md 7 rules; see tests/reference/compare.py).
 
 An element passes if |a - e| <= atol OR |a - e| <= rtol * |e| (e = fp64 oracle); then the whole tensor
 must satisfy 1 - 2<a,e>/(|a|^2+|e|^2) <= cos_eps. Inputs are built so outputs are O(1) (atol is
@@ -27,7 +27,7 @@ OUT = {
         cos_eps=5e-6,
         why="rounding to bf16 (8 significant bits) alone is a relative error <= 2^-8; rtol 2/128 = 2^-6 "
         "leaves 4x for fp32 accumulation order and for bf16 softmax probabilities before P@V (what "
-        "FlashMLA does). cos_eps 5e-6 is SPEC 7's sparse-decode value; bf16 rounding alone gives ~1e-6.",
+        "FlashMLA does). cos_eps 5e-6 is docs/model-and-ops.md 7's decode value; bf16 rounding alone gives ~1e-6.",
     ),
     torch.float32: Tol(
         atol=1e-5,
@@ -43,7 +43,7 @@ LSE = Tol(
     atol=1e-6,
     rtol=1e-5,
     cos_eps=1e-12,
-    why="SPEC 7: lse atol 1e-6. lse ~ 1..20 here, and its fp32 error is the error of the logits: "
+    why="docs/model-and-ops.md 7: lse atol 1e-6. lse ~ 1..20 here, and its fp32 error is the error of the logits: "
     "sm_scale * (q.k summed in fp32 over Dqk <= 576 terms) ~ 1e-6 relative at worst, so rtol 1e-5.",
 )
 
@@ -55,7 +55,7 @@ ACT_QUANT_EXACT = (
 )
 
 # ---- indexer top-k: selections compared as sets; a swap is legal only between (near-)equal scores
-TOPK_TIE = 1e-5  # SPEC 7; relative to max(1, |score|): fp32 scores of O(10) differ from fp64 by ~1e-6
+TOPK_TIE = 1e-5  # docs/model-and-ops.md 7; relative to max(1, |score|): fp32 scores of O(10) differ from fp64 by ~1e-6
 
 # ---- kv_format round trip (pack then unpack) per element, from the number formats alone
 KV_LATENT_REL = 2.0**-4  # e4m3 has 4 significant bits: half an ulp is <= 2^-4 of the value (normals)

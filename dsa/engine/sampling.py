@@ -46,7 +46,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[tor
         cut[0] = False  # the top candidate always survives, however small top_p is
         sorted_p[cut] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-    # argmax(p / E) with E ~ Exp(1) draws from the categorical distribution p (SPEC 2.4)
+    # argmax(p / E) with E ~ Exp(1) draws from the categorical distribution p (docs/model-and-ops.md 2.4)
     noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return int(torch.argmax(probs / noise))
 

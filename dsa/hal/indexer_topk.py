@@ -29,6 +29,6 @@ def indexer_topk(
 
     Returns indices [T, topk] int32: positions (into k) of the min(topk, ends[t] - starts[t]) highest
     scores of query t, valid entries first, then -1 padding. Order among the valid entries and the
-    tie-break between equal scores are unspecified: compare results as sets (SPEC section 7).
+    tie-break between equal scores are unspecified: compare results as sets (docs/model-and-ops.md 7).
     """
     raise NotImplementedError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# torch_npu.npu.get_soc_version() ranges (docs/model-and-ops.md, "Hardware names").
+# torch_npu.npu.get_soc_version() ranges (docs/model-and-ops.md 5.1, "Hardware names").
 _ASCEND_SOCS = ((range(220, 226), "ascend910b"), (range(250, 256), "ascend910_93"))
 
 

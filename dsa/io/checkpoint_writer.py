@@ -1,4 +1,4 @@
-"""`write_checkpoint`: seeded random weights in exactly the HF layout of DeepSeek-V3.2 (SPEC 3).
+"""`write_checkpoint`: seeded random weights in exactly the HF layout of DeepSeek-V3.2 (docs/model-and-ops.md 3).
 
 The directory holds config.json (with `quantization_config` when fp8), model.safetensors.index.json,
 shards `model-0000i-of-0000N.safetensors` split by layer (embedding with the first layers, final norm

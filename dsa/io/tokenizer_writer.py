@@ -19,7 +19,7 @@ PAD_TOKEN = "<｜▁pad▁｜>"
 UNK_TOKEN = "<｜▁unk▁｜>"
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN)  # ids 0..3
 CHAT_TOKENS = ("<｜User｜>", "<｜Assistant｜>")  # ids 260, 261 when the vocabulary has room
-DEFAULT_TEMPERATURE = 0.6  # the demo's default (SPEC 2.4)
+DEFAULT_TEMPERATURE = 0.6  # the demo's default (docs/model-and-ops.md 2.4)
 
 # DeepSeek's chat layout: bos, the system text, then <｜User｜>content / <｜Assistant｜>content<eos> turns.
 CHAT_TEMPLATE = (

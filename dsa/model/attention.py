@@ -1,4 +1,4 @@
-"""Multi-head latent attention with DeepSeek Sparse Attention (SPEC 2.1 and 2.2).
+"""Multi-head latent attention with DeepSeek Sparse Attention (docs/model-and-ops.md 2.1 and 2.2).
 
 The lightning `Indexer` picks, for every new token, the `index_topk` cached positions of its own
 sequence that the token will attend to (causal: never a later position). `MLA` then attends in the
@@ -28,7 +28,7 @@ from dsa.model.layers import (
     hadamard_transform,
 )
 
-INDEXER_NORM_EPS = 1e-6  # k_norm's LayerNorm eps (SPEC 2.2)
+INDEXER_NORM_EPS = 1e-6  # k_norm's LayerNorm eps (docs/model-and-ops.md 2.2)
 
 
 class Indexer(nn.Module):

@@ -20,7 +20,7 @@ MODEL_TYPES = ("deepseek_v32",)
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """YaRN parameters (SPEC section 2.1). `factor` 1 and no original length = plain RoPE."""
+    """YaRN parameters (docs/model-and-ops.md 2.1). `factor` 1 and no original length = plain RoPE."""
 
     type: str = "yarn"
     factor: float = 1.0
@@ -97,7 +97,7 @@ class ModelConfig:
 
     @property
     def softmax_scale(self) -> float:
-        """qk_head_dim^-0.5, times mscale^2 when YaRN extends the context (SPEC 2.1)."""
+        """qk_head_dim^-0.5, times mscale^2 when YaRN extends the context (docs/model-and-ops.md 2.1)."""
         scale = self.qk_head_dim**-0.5
         rs = self.yarn
         if rs is not None:

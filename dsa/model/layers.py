@@ -3,8 +3,8 @@
 Plain PyTorch; the only HAL op used here is `fp8_linear` (block-scaled fp8 weights). Norms compute in
 fp32 and return the input dtype. RoPE comes in the two pairings the model uses:
 
-  * INTERLEAVED   pairs (0,1), (2,3), ...       MLA's q_pe / k_pe        (SPEC 2.1)
-  * ROTATE-HALF   pairs (i, i + d/2) (NeoX)     the indexer's rope part  (SPEC 2.2)
+  * INTERLEAVED   pairs (0,1), (2,3), ...       MLA's q_pe / k_pe        (docs/model-and-ops.md 2.1)
+  * ROTATE-HALF   pairs (i, i + d/2) (NeoX)     the indexer's rope part  (docs/model-and-ops.md 2.2)
 
 Both use the same frequency table (YaRN when `config.yarn` is in force, plain RoPE otherwise).
 """
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from dsa.model.config import ModelConfig, RopeScaling
 
-WEIGHT_BLOCK = 128  # fp8 weights carry one fp32 scale per 128 x 128 block (SPEC 3)
+WEIGHT_BLOCK = 128  # fp8 weights carry one fp32 scale per 128 x 128 block (docs/model-and-ops.md 3)
 
 
 def scale_blocks(n: int, block: int = WEIGHT_BLOCK) -> int:
@@ -106,7 +106,7 @@ def dequantize_blocks(w: Tensor, scale: Tensor, block: int = WEIGHT_BLOCK) -> Te
 def rope_inv_freq(dim: int, theta: float, scaling: Optional[RopeScaling]) -> Tensor:
     """Rotation frequency of each of the dim/2 pairs [dim/2] fp32; YaRN-corrected when `scaling` is set.
 
-    f_i = theta^(-2i/dim). YaRN (SPEC 2.1): corr(r) = dim * ln(L0 / (2 pi r)) / (2 ln theta), with L0 the
+    f_i = theta^(-2i/dim). YaRN (docs/model-and-ops.md 2.1): corr(r) = dim * ln(L0 / (2 pi r)) / (2 ln theta); L0 = the
     original context length; low = floor(corr(beta_fast)), high = ceil(corr(beta_slow)) (clipped to the
     pair range); ramp_i = clamp((i - low) / (high - low), 0, 1); f_i' = f_i / factor * ramp_i + f_i * (1 - ramp_i).
     """

@@ -1,4 +1,4 @@
-"""Feed-forward layers (SPEC 2.3): the SwiGLU MLP, the noaux_tc router, and the routed MoE.
+"""Feed-forward layers (docs/model-and-ops.md 2.3): the SwiGLU MLP, the noaux_tc router, and the routed MoE.
 
 Routed experts are stored stacked ([E, I, D] / [E, D, I]) so one `grouped_gemm` launch per projection
 runs all of them over the token rows sorted by expert.

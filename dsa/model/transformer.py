@@ -112,7 +112,7 @@ class DeepseekV32(nn.Module):
         return layout
 
     def load_hf_state_dict(self, weights: dict[str, Tensor]) -> None:
-        """Load HF-named tensors (SPEC 3). Strict: a missing, unexpected, mis-shaped or mis-typed tensor
+        """Load HF-named tensors (docs/model-and-ops.md 3). Strict: a missing, unexpected, mis-shaped or mistyped tensor
         is a ConfigError naming it and what was expected. The MTP layers (stored after the last decoder layer) are skipped."""
         layout = self.hf_layout()
         weights = {k: v for k, v in weights.items() if not is_mtp_tensor(k, self.config)}

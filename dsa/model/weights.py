@@ -1,6 +1,6 @@
-"""The HF checkpoint layout of DeepSeek-V3.2 (SPEC 3), and seeded random checkpoints in that layout.
+"""The HF checkpoint layout of DeepSeek-V3.2 (docs/model-and-ops.md 3), and seeded random checkpoints in that layout.
 
-`hf_tensor_specs` is written from the SPEC, independently of the modules in `model/`, so a test can
+`hf_tensor_specs` is written from docs/model-and-ops.md 3, independently of the modules in `model/`, so a test can
 check that the model loads exactly the checkpoint's tensors. The MTP layer is not included.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dsa.conformance.reference.ops import (
 from dsa.conformance.tolerances import LSE, TOPK_TIE, out_tol
 from dsa.hal.registry import Target
 
-SM_SCALE = 0.1352338  # the 671B softmax scale (SPEC 2.1)
+SM_SCALE = 0.1352338  # the 671B softmax scale (docs/model-and-ops.md 2.1)
 D_V, ROPE = 512, 64
 
 

@@ -1,4 +1,4 @@
-"""ModelConfig: HF config.json parsing, its errors, and the derived softmax scale (SPEC 1, 2.1).
+"""ModelConfig: HF config.json parsing, its errors, and the derived softmax scale (docs/model-and-ops.md 1, 2.1).
 
 (Named test_model_config.py, not test_config.py: tests/ directories have no __init__.py, so test
 module basenames must be unique across tests/unit, tests/model, tests/conformance.)
@@ -34,7 +34,7 @@ def test_shipped_configs_load():
 
 
 def test_671b_softmax_scale_is_the_checked_number():
-    # SPEC 2.1: 192^-0.5 * (0.1 * ln 40 + 1)^2 = 0.1352338 (a checked fact of the release).
+    # docs/model-and-ops.md 2.1: 192^-0.5 * (0.1 * ln 40 + 1)^2 = 0.1352338 (a checked fact of the release).
     assert ModelConfig.from_file(BIG).softmax_scale == pytest.approx(0.1352338, abs=1e-6)
 
 

@@ -9,7 +9,7 @@ single wrongly selected or wrongly cached key, which moves logits by >1e-2), glo
 
 The selection is compared exactly (as sets). That is sound only when the top-k boundary has no tie: with
 random weights ReLU makes exact-0 index scores common, and tied keys may legally be chosen either way
-(then the logits legally differ). The seeds below were picked tie-free (SPEC 7 allows "configs without
+(then the logits legally differ). The seeds below were picked tie-free (docs/model-and-ops.md 7 allows "configs without
 ties"), and each test first asserts that premise on the fp64 reference scores, so a failure of the
 selection check means a real divergence, not a tie.
 """

@@ -1,4 +1,4 @@
-"""RoPE conventions (SPEC 2.1, 2.2): the indexer uses ROTATE-HALF RoPE on its first qk_rope_head_dim
+"""RoPE conventions (docs/model-and-ops.md 2.1, 2.2): the indexer uses ROTATE-HALF RoPE on its first qk_rope_head_dim
 dims, MLA uses INTERLEAVED RoPE on its last ones, both with the YaRN frequencies.
 
 The first public demo used interleaved RoPE in the indexer (a bug fixed in Nov 2025, shipped by several
@@ -31,7 +31,7 @@ TOL = dict(atol=1e-4, rtol=1e-4, cos_eps=1e-8)
 
 # ---- YaRN frequencies of the 671B config -----------------------------------------------------------
 def spec_yarn_671b() -> torch.Tensor:
-    """SPEC 2.1 with its numbers written out: f_i = 10000^(-2i/64), ramp over dims 10..23, factor 40."""
+    """docs/model-and-ops.md 2.1, numbers written out: f_i = 10000^(-2i/64), ramp over dims 10..23, factor 40."""
     i = torch.arange(32, dtype=torch.float64)
     f = 10000.0 ** (-2 * i / 64)
     ramp = ((i - 10) / (23 - 10)).clamp(0, 1)

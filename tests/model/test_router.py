@@ -1,6 +1,6 @@
-"""noaux_tc routing (SPEC 2.3), checked on hand-computed cases.
+"""noaux_tc routing (docs/model-and-ops.md 2.3), checked on hand-computed cases.
 
-The expected experts and weights below were worked out by hand from the SPEC rule, NOT by calling
+The expected experts and weights below were worked out by hand from docs/model-and-ops.md 2.3, NOT by calling
 any implementation: s = sigmoid(logit); b = s + bias; group score = sum of the top-2 b in the group;
 keep the best topk_group groups; top-k experts by b; weight = s / sum(s of the chosen) * 2.5.
 Each case is built so that a plausible mistake changes the answer (noted per token).

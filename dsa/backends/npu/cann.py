@@ -1,6 +1,6 @@
 """torch_npu (CANN) adapters: indexer_topk, sparse MLA (prefill + decode) and grouped_gemm on Ascend A2 / A3.
 
-The op schemas are torch_npu 2.13's (SPEC section 8); the semantics come from the CANN ops-transformer
+The op schemas are torch_npu 2.13's (docs/model-and-ops.md 8); the semantics come from the CANN ops-transformer
 READMEs (LightningIndexer, SparseFlashAttention) and torch_npu's npu_grouped_matmul documentation.
 What each documents and what the adapters do about it:
 

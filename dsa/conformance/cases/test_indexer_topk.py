@@ -27,7 +27,7 @@ def ranges_two_sequences(len_a: int, new_a: int, len_b: int, new_b: int) -> tupl
 
 
 def indexer_inputs(T: int, S: int, H: int, D: int, kind, g: torch.Generator):
-    """q [T,H,D], weights [T,H] (signed, as weights_proj gives), k [S,D], k_scale [S]; fp8 = SPEC 2.2."""
+    """q [T,H,D], weights [T,H] (signed, from weights_proj), k [S,D], k_scale [S]; fp8 = docs/model-and-ops.md 2.2."""
     q, k = randn((T, H, D), g), randn((S, D), g)
     weights = randn((T, H), g) * H**-0.5 * D**-0.5
     if kind == "fp8":  # one scale per head vector / key (block of D); q's scale folds into weights

@@ -40,7 +40,7 @@ def test_topk_at_least_length_equals_sparse_and_dense_reference(indexer_fp8):
 
 def _check_sparse(cfg, w, ids, ref_kw, **model_kw):
     """Tie-aware: the model's selection must be a correct top-k of the REFERENCE's scores up to ties
-    (SPEC 7), and the logits must equal the reference run with the model's selection. With random
+    (docs/model-and-ops.md 7), and the logits must equal the reference run with the model's selection. With random
     weights ReLU makes exact-0 index scores common, so equal scores at the top-k boundary occur (seed 0
     has them) and either choice is legal; an fp32-vs-fp64 difference can also flip a near-tie. Where
     the selections agree (tie-free rows) this is the same as comparing to the reference's own top-k,

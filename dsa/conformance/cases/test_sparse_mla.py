@@ -10,7 +10,7 @@ from dsa.conformance.reference.compare import assert_close
 from dsa.conformance.reference.ops import ref_sparse_mla_decode, ref_sparse_mla_prefill
 from dsa.conformance.tolerances import LSE, out_tol
 
-SM_SCALE_671B = 0.1352338  # 192^-0.5 * mscale^2 (SPEC 2.1)
+SM_SCALE_671B = 0.1352338  # 192^-0.5 * mscale^2 (docs/model-and-ops.md 2.1)
 
 
 def check(out, lse, out_ref, lse_ref, dtype, label):

@@ -12,7 +12,7 @@ bf16-vs-bf16 comparison could not be tight; fp32 compute on the bf16 checkpoint 
 
 What is compared, with index_topk >= the sequence length ("dense": every past key) and < it ("sparse",
 16 of up to 72 keys, so sparsity is real in every layer):
-  * full-sequence logits of one forward over 72 tokens (SPEC 7: atol 1e-4 / rtol 1e-4 per element,
+  * full-sequence logits of one forward over 72 tokens (docs/model-and-ops.md 7: atol 1e-4 / rtol 1e-4 per element,
     global difference 1e-8; observed max |diff| ~4e-6 on logits of magnitude ~4), and the keys the two
     indexers selected, per layer and query, as sets (must be identical);
   * greedy continuations: a 40-token prompt, then 32 tokens. Ours: prefill, then 31 single-token decode
@@ -24,18 +24,18 @@ Known, legitimate differences (made not to matter here):
     q.k score is unchanged) and its fp8 rounding of q / k: we run with `indexer_fp8=False`.
   * Ties: ReLU makes exact-0 index scores common with tiny random weights (the 4-head tiny indexer has
     such ties at the top-k boundary for every seed tried), and tied keys may legally be selected either
-    way (SPEC 7), which then legally changes the logits. We use a config WITHOUT ties instead of a
+    way (docs/model-and-ops.md 7), which then legally changes the logits. We use a config WITHOUT ties instead of a
     tie-aware comparison: 16 index heads (an all-zero score needs all 16 ReLUs to be 0) and a seed whose
     smallest relative gap between the k-th and (k+1)-th score, over every layer and every query of the
     final 72-token sequence (which covers the prefill and all decode queries, since scores are causal), is
     far above fp32 noise. Each sparse test asserts that premise first on the fp64 reference scores.
   * transformers' MLA rotary output is de-interleaved (pair i's two results land at i and i + r/2 instead
-    of 2i, 2i+1); it does so for q_pe and k_pe alike, so the q.k scores equal SPEC's interleaved RoPE.
+    of 2i, 2i+1); it does so for q_pe and k_pe alike, so the q.k scores equal those of interleaved RoPE.
   * transformers needs `num_key_value_heads` in config.json (its default is the 671B value 128, and
     `num_attention_heads // num_key_value_heads` = 0 breaks attention for fewer heads). The real
     config.json carries it (= num_attention_heads); the tiny config does not, so it is added here.
 
-Conventions read from transformers' modeling_deepseek_v32.py, all agreeing with SPEC 2.1 / 2.2 (pinned
+Conventions read from transformers' modeling_deepseek_v32.py, all agreeing with docs/model-and-ops.md 2.1 / 2.2 (pinned
 by `test_conventions_agree` and, behaviourally, by the logits match): indexer RoPE rotate-half (NeoX) on
 the FIRST qk_rope_head_dim dims of q and k ("rope part first"); MLA RoPE interleaved on the LAST dims;
 k_norm = LayerNorm with bias, eps 1e-6; index score = sum_h w_h * ReLU(q_h . k) with w = weights_proj(x)
@@ -43,15 +43,15 @@ k_norm = LayerNorm with bias, eps 1e-6; index score = sum_h w_h * ReLU(q_h . k) 
 qk_head_dim^-0.5 * (0.1 * mscale_all_dim * ln(factor) + 1)^2; router sigmoid + correction bias, top-2 group
 scores, unbiased weights normalised and scaled.
 
-Disagreements found (transformers differs from SPEC; each documented by an explicit test below and kept
+Disagreements found (transformers differs from docs/model-and-ops.md; each documented by an explicit test below and kept
 out of the comparison configs above):
   1. YaRN in force: transformers applies YaRN (frequencies and the softmax mscale^2) whenever
-     rope_scaling is yarn. SPEC 2.1 applies it when the served context exceeds the original length (the
+     rope_scaling is yarn. The demo applies it when the served context exceeds the original length (the
      demo's `max_seq_len > original_seq_len`, "always in practice"); our ModelConfig.yarn uses
      max_position_embeddings as that length. So with max_position_embeddings <= the original length the
      two differ; real checkpoints (163840 > 4096) and the tiny config (4096 > 1024) never do.
   2. cos / sin scaling: transformers multiplies cos and sin by mscale(factor, mscale) /
-     mscale(factor, mscale_all_dim); SPEC 2.1 says "no mscale on cos/sin". The ratio is exactly 1 when
+     mscale(factor, mscale_all_dim); docs/model-and-ops.md 2.1 says "no mscale on cos/sin". The ratio is exactly 1 when
      mscale == mscale_all_dim, as in every released config (both 1.0), so the two agree there.
 """
 from __future__ import annotations
@@ -193,7 +193,7 @@ def test_conventions_agree(case):
     cfg, hf = case.config, case.hf
     assert hf.config.num_key_value_heads == cfg.num_attention_heads
     rot = hf.model.rotary_emb
-    assert rot.attention_scaling == 1.0  # mscale == mscale_all_dim: no cos/sin scaling (SPEC 2.1)
+    assert rot.attention_scaling == 1.0  # mscale == mscale_all_dim: no cos/sin scaling (docs/model-and-ops.md 2.1)
     torch.testing.assert_close(rot.inv_freq.double(), RotaryEmbedding(cfg).inv_freq.double(), rtol=1e-6, atol=0)
     for layer in hf.model.layers:
         attn = layer.self_attn
@@ -257,7 +257,7 @@ def test_greedy_continuation_matches_for_32_steps(case):
 # ---- documented transformers differences -----------------------------------------------------------
 def test_yarn_below_the_original_length_is_a_transformers_difference(tmp_path_factory):
     """Disagreement 1 of the module docstring. With max_position_embeddings == the original length,
-    SPEC 2.1 (and ours) use plain RoPE and the plain softmax scale; transformers still applies YaRN.
+    docs/model-and-ops.md 2.1 (and ours) use plain RoPE and the plain softmax scale; transformers still applies YaRN.
     Its logits there equal OURS WITH YaRN IN FORCE (same checkpoint, max_position_embeddings raised, which
     changes nothing else in either model), and differ clearly from ours without it."""
     dense = CASES["dense"]
@@ -278,7 +278,7 @@ def test_yarn_below_the_original_length_is_a_transformers_difference(tmp_path_fa
 
 def test_cos_sin_mscale_is_a_transformers_difference():
     """Disagreement 2 of the module docstring: with mscale != mscale_all_dim transformers scales cos/sin by
-    mscale(f, mscale) / mscale(f, mscale_all_dim); SPEC 2.1 says no mscale on cos/sin, and ours has none.
+    mscale(f, mscale) / mscale(f, mscale_all_dim); docs/model-and-ops.md 2.1: no mscale on cos/sin, and ours has none.
     (Every released config has mscale == mscale_all_dim, where the ratio is exactly 1.)"""
     from transformers.models.deepseek_v32.modeling_deepseek_v32 import DeepseekV32RotaryEmbedding
 

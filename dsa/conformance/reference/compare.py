@@ -1,4 +1,4 @@
-"""Comparison rules of SPEC section 7.
+"""Comparison rules of docs/model-and-ops.md 7.
 
 assert_close: identical non-finite positions, then per-element (abs <= atol OR rel <= rtol), then the
 global difference 1 - 2<a,b> / (|a|^2 + |b|^2) <= cos_eps.
@@ -49,7 +49,7 @@ def global_diff(a: Tensor, b: Tensor) -> float:
 
 
 def assert_close(actual: Tensor, expected: Tensor, atol: float, rtol: float, cos_eps: float, name: str = "tensor") -> None:
-    """Fail with the worst offenders unless `actual` matches the oracle's `expected` (SPEC section 7).
+    """Fail with the worst offenders unless `actual` matches the oracle's `expected` (docs/model-and-ops.md 7).
 
     The relative difference is taken against the expected (oracle) value.
     """

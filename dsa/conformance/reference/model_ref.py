@@ -1,6 +1,6 @@
 """Whole-model reference forward for DeepSeek-V3.2, in float64, for ONE sequence.
 
-Written from SPEC sections 2 and 3 only (independent of `model/` and `dsa/backends/`): it reads HF-named
+Written from docs/model-and-ops.md 2 and 3 only (independent of `model/` and `dsa/backends/`): it reads HF-named
 weights, dequantises fp8 128x128 blocks itself, and computes
 
     h = embed(ids)
@@ -9,10 +9,10 @@ weights, dequantises fp8 128x128 blocks itself, and computes
                 h += FFN(rmsnorm(h))        dense SwiGLU (layer < first_k_dense_replace) or MoE
     logits = lm_head(rmsnorm(h))
 
-Conventions (SPEC 2.1 / 2.2):
+Conventions (docs/model-and-ops.md 2.1 / 2.2):
   * MLA RoPE is INTERLEAVED (pairs (0,1),(2,3),...), on the LAST qk_rope_head_dim dims of q and on k_pe.
   * Indexer RoPE is ROTATE-HALF (dim i pairs with i + R/2), on the FIRST qk_rope_head_dim dims of q, k.
-  * Both use the YaRN frequencies of SPEC 2.1, computed here from the config.
+  * Both use the YaRN frequencies of docs/model-and-ops.md 2.1, computed here from the config.
   * The indexer's optional fp8 simulation quantises each head vector (one scale per vector) after the
     Hadamard transform: amax floor 1e-4, scale amax/448 (rounded up to a power of two when ue8m0),
     clamp +-448, cast to float8_e4m3fn and back.
@@ -54,7 +54,7 @@ def dequant_block(w: Tensor, scale_inv: Tensor, block: int = 128) -> Tensor:
 class Weights(dict):
     """HF-named tensors plus how fp8-stored linears treat their input: with `act_quant` set (True =
     ue8m0 scales, False = plain amax/448 scales), the input of every linear whose weight is stored in fp8
-    is first quantised in 1x128 blocks along K (what the fp8 GEMMs compute, SPEC 2 / 3)."""
+    is first quantised in 1x128 blocks along K (what the fp8 GEMMs compute, docs/model-and-ops.md 3)."""
 
     act_quant: Optional[bool] = None
 
@@ -112,7 +112,7 @@ def silu(x: Tensor) -> Tensor:
 
 
 def yarn_correction_range(config) -> tuple[int, int]:
-    """(low, high) dims of the YaRN ramp (SPEC 2.1: 10 and 23 for the 671B config)."""
+    """(low, high) dims of the YaRN ramp (docs/model-and-ops.md 2.1: 10 and 23 for the 671B config)."""
     rs = config.rope_scaling
     dim = config.qk_rope_head_dim
     base = config.rope_theta
@@ -273,7 +273,7 @@ def selection_to_mask(sel, T: int) -> Tensor:
 
 
 def topk_equivalent(scores: Tensor, mask_a: Tensor, mask_b: Tensor, atol: float, rtol: float = 0.0) -> list[str]:
-    """Tie-aware comparison of two selections over the same reference scores [T, S] (SPEC 7: compare as
+    """Tie-aware comparison of two selections over the same reference scores [T, S] (docs/model-and-ops.md 7: compare as
     sets; where they differ, the swapped elements' scores must be equal within tolerance). Returns a
     list of problems (empty = equivalent)."""
     problems = []
@@ -357,7 +357,7 @@ def swiglu(lw: Mapping[str, Tensor], prefix: str, x: Tensor, bf16_out: bool = Fa
 
 
 def reference_router(config, lw: Mapping[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
-    """noaux_tc routing (SPEC 2.3) of x [T, D] -> (expert ids [T, k] int64, weights [T, k] float64),
+    """noaux_tc routing (docs/model-and-ops.md 2.3) of x [T, D] -> (expert ids [T, k] int64, weights [T, k] float64),
     experts in descending order of their biased score (ties -> lower expert id)."""
     E, G, TG, K = config.n_routed_experts, config.n_group, config.topk_group, config.num_experts_per_tok
     s = torch.sigmoid(x.to(F64) @ get(lw, "mlp.gate.weight").T)  # [T, E]
@@ -457,7 +457,7 @@ def reference_logits(
 
 
 def cosine_diff(a: Tensor, b: Tensor) -> float:
-    """SPEC 7 global difference 1 - 2<a,b> / (|a|^2 + |b|^2) in float64."""
+    """docs/model-and-ops.md 7 global difference 1 - 2<a,b> / (|a|^2 + |b|^2) in float64."""
     a, b = a.to(F64).flatten(), b.to(F64).flatten()
     denom = (a * a).sum() + (b * b).sum()
     return float(1 - 2 * (a * b).sum() / denom) if denom > 0 else 0.0

@@ -1,4 +1,4 @@
-"""torch_npu stand-ins written from the op schemas torch_npu 2.13 declares (SPEC section 8) and the CANN
+"""torch_npu stand-ins written from the op schemas torch_npu 2.13 declares (docs/model-and-ops.md 8) and the CANN
 ops-transformer READMEs (LightningIndexer, SparseFlashAttention) and npu_grouped_matmul's documentation.
 
 Documented facts modelled here: TND layouts with prefix-sum actual_seq_lengths_query; PA_BSND keys
