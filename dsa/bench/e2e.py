@@ -5,7 +5,7 @@ config with two changes: index_topk = 2048 (the real model's, so contexts above 
 and max_position_embeddings large enough for the longest context. Both engines load that directory
 and compute in the same dtype with the same torch.set_num_threads.
 
-  ours          runtime.LLM(model=DIR, device=PROFILE, dtype=...) -> Engine.generate (greedy, eos disabled):
+  ours          dsa.LLM(model=DIR, device=PROFILE, dtype=...) -> Engine.generate (greedy, eos disabled):
                 one prefill of the C prompt tokens, then N single-token decode steps over the paged caches
   transformers  from_pretrained(DIR, dtype=...) (its default attention, sdpa): one forward over the C
                 tokens (logits_to_keep=1), then N single-token forwards with its DynamicCache; its sparse

@@ -35,7 +35,7 @@ def render_markdown(report: dict) -> str:
         f"- {report['created']}, {report['duration_s']} s",
         *(f"- note: {n}" for n in report["notes"]),
         "",
-        "Errors are against the fp64 oracle (tests/reference/): worst over every case and every compared tensor. "
+        "Errors are against the fp64 oracle (dsa/conformance/reference/): worst over every case and every compared tensor. "
         "`worst/tol` is the largest |error| / max(atol, rtol*|expected|) (<= 1 passes); `cos` is "
         "1 - 2<a,e>/(|a|^2+|e|^2). Blank: the cases compare exactly (bits, index sets), not within a tolerance.",
         "",

@@ -4,7 +4,7 @@ Each HAL op is declared by a *contract* function: its Python signature (with typ
 op schema, its docstring is the contract, and its last argument is the provider name. `hal_op`
 registers it as `torch.ops.dsa.<name>` with a fake (meta) implementation, so the model stays one opaque
 graph for torch.compile / torch.export. The real implementation looks the provider up in
-`runtime.registry`; which provider that is was decided by the plan, not by torch's device dispatch.
+`dsa.hal.registry`; which provider that is was decided by the plan, not by torch's device dispatch.
 
 If the per-call overhead of this path ever shows in decode benchmarks, this helper is the only code
 to change.

@@ -8,7 +8,7 @@ Rank r sits in TP group r // tp (contiguous ranks: a node's devices) at tp_rank 
 group r // ep at ep_rank r % ep. A TP group is one DP-attention group: its ranks serve the same
 requests; different TP groups serve different requests.
 
-What the pass does (the sharding runtime/plan.py assumes):
+What the pass does (the sharding dsa/planning assumes):
   * attention (TP): q_b_proj and kv_b_proj split column-wise by heads, o_proj row-wise + all-reduce;
     each rank attends with num_attention_heads / tp heads. q_a_proj, kv_a_proj_with_mqa, norms and the
     indexer are replicated (the latent cache is one head: every TP rank keeps the whole cache).

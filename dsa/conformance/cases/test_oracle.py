@@ -1,5 +1,5 @@
 """The tiny model (fp32, provider "torch", HF-named random checkpoint) against the independent fp64
-whole-model reference of tests/reference/model_ref.py (naive MLA, dense-masked attention, expert loop).
+whole-model reference of dsa/conformance/reference/model_ref.py (naive MLA, dense-masked attention, expert loop).
 
 Tolerance (logits, magnitude ~4): the model computes in fp32 (eps 1.2e-7) through 3 layers of GEMMs with
 K <= 256, a softmax and the MoE; observed max |diff| ~4e-6. atol 1e-4 / rtol 1e-4 per element and global

@@ -15,7 +15,7 @@ from .fp8 import to_f64
 
 WORST_SHOWN = 5
 
-# Set by `dsa conformance` (runtime/conformance.py): called by assert_close with (name, stats) before it
+# Set by `dsa conformance` (dsa/conformance/runner.py): called by assert_close with (name, stats) before it
 # decides, stats = {"abs": max |a-e|, "rel": max |a-e|/|e| over |e| > atol, "cos": global difference,
 # "tol_ratio": max |a-e| / max(atol, rtol*|e|) (<= 1 passes), "nonfinite_mismatch": bool}. None = off.
 recorder: Optional[Callable[[str, dict], None]] = None

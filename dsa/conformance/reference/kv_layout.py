@@ -1,4 +1,4 @@
-"""Reading the packed fp8 latent-cache token (runtime/ops/kv_format.py docstring) byte by byte.
+"""Reading the packed fp8 latent-cache token (dsa/hal/kv_format.py docstring) byte by byte.
 
 Written from the layout description, not from kv_format's code. One token, little-endian:
     bytes [0, d_v)                    latent values, float8_e4m3fn

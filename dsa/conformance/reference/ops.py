@@ -1,4 +1,4 @@
-"""The fp64 oracle of every HAL op (contracts in runtime/ops/*.py), in the plainest dense form.
+"""The fp64 oracle of every HAL op (contracts in dsa/hal/*.py), in the plainest dense form.
 
 Each `ref_<op>` takes the op's inputs (fp8 inputs already quantised) and returns float64 results,
 except `ref_act_quant`, whose results are the exact fp8 bytes and fp32 scales the contract defines.
