@@ -1,15 +1,20 @@
 """Providers of HAL ops, and how one is chosen.
 
-A *provider* is one implementation of one HAL op (`dsa.hal`). Backends register providers when
-their package is imported:
+A *provider* is one implementation of one HAL op (`dsa.hal`). Every backend registers its providers,
+when its package is imported, through the one function `register`:
 
-    register("sparse_mla_prefill", "torch", fn, backend="torch",
-             supported=lambda target: None,              # None = usable on this target
-             supports_args=lambda q, kv, idx, *a: None)  # None = can take these shapes
+    register("sparse_mla_decode", "flashmla", fn, backend="cuda",
+             requires=Requires(modules=("flash_mla",), platforms=("cuda",), archs=("sm90", "sm100"),
+                               kv_cache_dtypes=("fp8",), page_sizes=(64,)),
+             supported=lambda target: None,                # optional: a vendor-specific extra check
+             supports_args=lambda q, kv, idx, *a: None)    # None = can take these shapes
 
-`supported(target)` answers once per plan ("can this provider run on this hardware / cache format /
-head count at all?"); `supports_args(*op_args)` answers per call ("can it take *these* shapes?"). Both
-return None when the answer is yes and a short human reason when it is no.
+`requires` (dsa.hal.capability) declares what the provider needs of the plan's target; the reasons a
+plan shows for rejecting it are generated from the declaration. `Provider.supported(target)` answers
+once per plan ("can this provider run on this hardware / cache format / head count at all?"): the
+declaration first, then the extra `supported` check. `Provider.supports_args(*op_args)` answers per
+call ("can it take *these* shapes?"): a declared module that does not import, then the `supports_args`
+check. Both return None when the answer is yes and a short human reason when it is no.
 
 `select(op, preference, target)` walks a profile's ordered preference list and returns a `Selection`:
 the usable providers in order, and every rejected one with its reason. Nothing is silent: when no
@@ -25,6 +30,7 @@ from importlib import metadata
 from typing import Callable, Optional
 
 from dsa.errors import NoProviderError
+from dsa.hal.capability import Requires
 from dsa.hal.target import Target  # noqa: F401  (re-exported: registry.Target)
 
 log = logging.getLogger("dsa.registry")
@@ -66,8 +72,20 @@ class Provider:
     name: str
     fn: Callable
     backend: str
-    supported: Callable[[Target], Reason] = _always
-    supports_args: Callable[..., Reason] = _always
+    requires: Optional[Requires] = None  # the declaration; None only for test-only providers (no requirement)
+    check: Callable[[Target], Reason] = _always  # extra plan-time check, run when the declaration is met
+    check_args: Callable[..., Reason] = _always  # per-call check of the arguments
+
+    def supported(self, target: Target) -> Reason:
+        """None when this provider can run on `target`, else why not: the declaration's reason, then the
+        extra check (only asked once the declaration is met, so it may use the declared modules)."""
+        why = self.requires.reason(target) if self.requires is not None else None
+        return why or self.check(target)
+
+    def supports_args(self, *args) -> Reason:
+        """None when this provider takes these arguments (HAL contract order), else why not."""
+        why = self.requires.call_reason() if self.requires is not None else None
+        return why or self.check_args(*args)
 
 
 @dataclass
@@ -90,15 +108,36 @@ _LOADED = False
 def register(
     op: str,
     name: str,
-    fn: Callable,
+    fn: Optional[Callable] = None,
     *,
     backend: str,
+    requires: Optional[Requires] = None,
     supported: Callable[[Target], Reason] = _always,
     supports_args: Callable[..., Reason] = _always,
 ) -> Provider:
+    """Register provider `name` of `op` (the one registration function of every backend).
+
+    fn             the implementation, called with the op's arguments; None only for a placeholder
+                   declared Requires(unavailable=reason), which then raises NotImplementedError
+    requires       what the provider needs of the target (dsa.hal.capability.Requires); every backend
+                   in dsa/backends declares one. None (test-only providers): no requirement
+    supported      an extra plan-time check, fn(target) -> reason | None, for what a declaration cannot
+                   say (a vendor-specific rule); asked only when the declaration is met
+    supports_args  the per-call check, fn(*op_args) -> reason | None
+    """
     if op not in _PROVIDERS:
         raise ValueError(f"unknown HAL op {op!r}; the ops are {', '.join(OPS)}")
-    provider = Provider(op, name, fn, backend, supported, supports_args)
+    if requires is not None and not isinstance(requires, Requires):
+        raise TypeError(f"{op}/{name}: requires must be a dsa.hal.capability.Requires, got {requires!r}")
+    if fn is None:
+        if requires is None or requires.unavailable is None:
+            raise ValueError(f"{op}/{name}: no implementation given; only Requires(unavailable=...) may omit it")
+        reason = requires.unavailable
+
+        def fn(*_args):
+            raise NotImplementedError(f"{name}: {reason}")
+
+    provider = Provider(op, name, fn, backend, requires, supported, supports_args)
     _PROVIDERS[op][name] = provider
     return provider
 
