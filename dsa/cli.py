@@ -1,4 +1,5 @@
-"""`dsa`: run | plan | devices | make-checkpoint | conformance. A thin layer over dsa.planning.device_profile / plan / build / engine.
+"""`dsa`: run | plan | devices | make-checkpoint | conformance. A thin layer over
+dsa.planning.device_profile / plan / build / engine.
 
 User errors (`DsaError`) print one line `error: ...` on stderr, no traceback, exit status 2.
 """
@@ -40,7 +41,8 @@ _ENGINE_FLAG_OPTIONS = {
     "dp_attention": dict(type=int, metavar="N", help="DP-attention degree (default: the profile's)"),
     "nodes": dict(type=int, metavar="N", help="number of nodes (default: the profile's)"),
 }
-PLAN_FIELDS = ("model", "device", "dtype", "kv_cache_dtype", "weights", "page_size", "tp", "ep", "dp_attention", "nodes")
+PLAN_FIELDS = ("model", "device", "dtype", "kv_cache_dtype", "weights", "page_size", "tp", "ep", "dp_attention",
+               "nodes")
 
 
 def _add_engine_flags(p: argparse.ArgumentParser, names=tuple(_ENGINE_FLAG_OPTIONS)) -> None:
@@ -91,12 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint in --out")
 
     conf = sub.add_parser("conformance", help="check providers against the fp64 oracle; write report.json / report.md")
-    conf.add_argument("--device", help="check the providers this profile lists (default: every provider installed here)")
+    conf.add_argument("--device",
+                      help="check the providers this profile lists (default: every provider installed here)")
     conf.add_argument("--provider", nargs="+", action="extend", default=[], metavar="NAME",
                       help="check only these providers (repeatable)")
     conf.add_argument("--report", type=Path, default=Path("conformance-report"),
                       help="directory for report.json and report.md (default: ./conformance-report)")
-    conf.add_argument("-k", dest="keyword", metavar="EXPR", help="only the test cases matching this pytest -k expression")
+    conf.add_argument("-k", dest="keyword", metavar="EXPR",
+                      help="only the test cases matching this pytest -k expression")
     conf.add_argument("--no-model", dest="model", action="store_false", help="skip the tiny-model rows")
 
     from dsa.bench.command import add_arguments as add_bench_arguments

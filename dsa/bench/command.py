@@ -32,7 +32,8 @@ def _names(text: str) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes and few repetitions (under 2 minutes on 2 cores)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every measurement as JSON")
-    p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the Markdown report (e.g. bench/RESULTS.md)")
+    p.add_argument("--markdown", type=Path, metavar="FILE",
+                   help="also write the Markdown report (e.g. bench/RESULTS.md)")
     p.add_argument("--sections", type=_names, help="comma-separated subset of ops,e2e,cache (default: all)")
     p.add_argument("--threads", type=_positive, help="torch.set_num_threads for every section (default: all cores)")
     p.add_argument("--reps", type=_positive, help="interleaved repetitions per op case")

@@ -40,7 +40,7 @@ def dense_attend(q: Tensor, lengths: Sequence[int], fetch: Fetch, sm_scale: floa
             continue
         qg = q[g0 : g0 + len(rows)].float().reshape(len(rows) * H, D)  # [G*H, D]
         m = torch.full((len(rows) * H, 1), float("-inf"), device=q.device)
-        l = torch.zeros(len(rows) * H, 1, device=q.device)
+        denom = torch.zeros(len(rows) * H, 1, device=q.device)
         acc = torch.zeros(len(rows) * H, d_v, device=q.device)
         glens = torch.tensor([lens[r] for r in rows], device=q.device).repeat_interleave(H).unsqueeze(1)  # [G*H, 1]
         for c0 in range(0, longest, chunk_tokens):
@@ -54,13 +54,14 @@ def dense_attend(q: Tensor, lengths: Sequence[int], fetch: Fetch, sm_scale: floa
             m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
             p = torch.exp_(s.sub_(m_safe))  # [G*H, n]
             alpha = torch.exp(m - m_safe)  # 0 where m was -inf
-            l = l * alpha + p.sum(dim=1, keepdim=True)
+            denom = denom * alpha + p.sum(dim=1, keepdim=True)
             acc = acc * alpha + p @ kv[:, :d_v]
             m = m_new
-        has = l > 0
-        o = torch.where(has, acc / torch.where(has, l, torch.ones_like(l)), torch.zeros_like(acc))
+        has = denom > 0
+        o = torch.where(has, acc / torch.where(has, denom, torch.ones_like(denom)), torch.zeros_like(acc))
         out[g0 : g0 + len(rows)] = o.view(len(rows), H, d_v)
-        lse[g0 : g0 + len(rows)] = torch.where(has, torch.log(l) + m, torch.full_like(l, float("inf"))).view(len(rows), H)
+        lse_g = torch.where(has, torch.log(denom) + m, torch.full_like(denom, float("inf")))
+        lse[g0 : g0 + len(rows)] = lse_g.view(len(rows), H)
     return out, lse
 
 

@@ -123,7 +123,8 @@ class Transformers:
     def describe(self) -> str:
         import transformers
 
-        return f"transformers {transformers.__version__} DeepseekV32ForCausalLM, attention {self.model.config._attn_implementation}"
+        return (f"transformers {transformers.__version__} DeepseekV32ForCausalLM, "
+                f"attention {self.model.config._attn_implementation}")
 
     @torch.inference_mode()
     def run(self, ids: list[int], steps: int) -> dict:
@@ -241,7 +242,8 @@ def run(contexts: Sequence[int], steps: int, reps: int, threads: int, dtype: str
 
 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dsa.bench.e2e", description="peak-RSS worker of `dsa bench` (one engine)")
+    p = argparse.ArgumentParser(prog="python -m dsa.bench.e2e",
+                                description="peak-RSS worker of `dsa bench` (one engine)")
     p.add_argument("--worker", choices=ENGINES, required=True)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
@@ -252,7 +254,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device-profile", default="cpu")
     a = p.parse_args(argv)
     contexts = [int(c) for c in a.contexts.split(",")]
-    print(json.dumps(worker(a.worker, a.checkpoint, a.dtype, a.threads, contexts, a.steps, a.max_len, a.device_profile)))
+    print(json.dumps(worker(a.worker, a.checkpoint, a.dtype, a.threads, contexts, a.steps, a.max_len,
+                            a.device_profile)))
     return 0
 
 

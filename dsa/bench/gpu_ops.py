@@ -140,16 +140,18 @@ def _gpu_or_exit():
     import torch
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        sys.exit("python -m dsa.bench.gpu_ops: TRITON_INTERPRET is set: the Triton kernels would run in the CPU interpreter. "
-                 "Unset it to benchmark on the GPU.")
+        sys.exit("python -m dsa.bench.gpu_ops: TRITON_INTERPRET is set: the Triton kernels would run in the CPU "
+                 "interpreter. Unset it to benchmark on the GPU.")
     if not torch.cuda.is_available():
-        sys.exit("python -m dsa.bench.gpu_ops needs a CUDA or ROCm GPU, and torch sees none (torch.cuda.is_available() is "
-                 "False). Nothing was checked or timed; the CPU checks of these kernels are the conformance "
+        sys.exit("python -m dsa.bench.gpu_ops needs a CUDA or ROCm GPU, and torch sees none "
+                 "(torch.cuda.is_available() is False). Nothing was checked or timed; the CPU checks of these "
+                 "kernels are the conformance "
                  "tests under TRITON_INTERPRET=1.")
     try:
         import triton  # noqa: F401
     except ImportError:
-        sys.exit("python -m dsa.bench.gpu_ops needs the `triton` package (pip install 'dsa-runtime[cuda]' or '[rocm]').")
+        sys.exit("python -m dsa.bench.gpu_ops needs the `triton` package "
+                 "(pip install 'dsa-runtime[cuda]' or '[rocm]').")
     return torch
 
 
@@ -255,7 +257,8 @@ def _close(torch, a, e, name: str) -> str:
     denom = float((fa * fa).sum() + (fe * fe).sum()) or 1.0
     gdiff = 1 - 2 * float((fa * fe).sum()) / denom
     ok = bad == 0 and gdiff <= 5e-6
-    return f"{'ok  ' if ok else 'FAIL'} {name}: max |d| {float(d.max()) if d.numel() else 0:.2e}, global diff {gdiff:.1e}, {bad} outside tol"
+    return (f"{'ok  ' if ok else 'FAIL'} {name}: max |d| {float(d.max()) if d.numel() else 0:.2e}, "
+            f"global diff {gdiff:.1e}, {bad} outside tol")
 
 
 def _topk_check(torch, idx, args) -> str:
@@ -273,7 +276,8 @@ def _topk_check(torch, idx, args) -> str:
     high = torch.where(~picked & torch.isfinite(sc), sc, torch.full_like(sc, float("-inf"))).amax(1)
     tol = 1e-5 * torch.maximum(high.abs(), torch.ones_like(high))
     ok = count_ok and bool((low >= high - tol).all())
-    return f"{'ok  ' if ok else 'FAIL'} indexer_topk: counts {'match' if count_ok else 'DIFFER'}, worst margin {float((low - high).min()):.2e}"
+    return (f"{'ok  ' if ok else 'FAIL'} indexer_topk: counts {'match' if count_ok else 'DIFFER'}, "
+            f"worst margin {float((low - high).min()):.2e}")
 
 
 def run_checks(torch, only: str) -> bool:
@@ -282,7 +286,8 @@ def run_checks(torch, only: str) -> bool:
     inp = Inputs(torch, seed=1)
     cases = [
         ("act_quant", (inp.randn(333, HIDDEN, dtype=torch.bfloat16), 128, True)),
-        ("fp8_linear", (inp.randn(77, HIDDEN, dtype=torch.bfloat16), *inp.fp8_weight(1536, HIDDEN, scale=HIDDEN**-0.5), True)),
+        ("fp8_linear", (inp.randn(77, HIDDEN, dtype=torch.bfloat16),
+                        *inp.fp8_weight(1536, HIDDEN, scale=HIDDEN**-0.5), True)),
         ("grouped_gemm", inp.grouped(1000, MOE_INTER, HIDDEN, fp8=True, pad=5)),
         ("grouped_gemm", inp.grouped(1000, HIDDEN, MOE_INTER, fp8=False)),
         ("indexer_topk", inp.indexer_decode(4, 8192)),
@@ -363,7 +368,8 @@ def timing_cases(torch, inp: Inputs) -> list[Case]:
                           lambda a, r=rows: act_quant_cost(r, HIDDEN)))
     for rows, n, k, what in ((DECODE_BATCH, 1536, HIDDEN, "q_a_proj"), (PREFILL_CHUNK, HIDDEN, 16384, "o_proj")):
         cases.append(Case("fp8_linear", f"{what} [{rows}, {k}] -> {n}",
-                          lambda r=rows, n=n, k=k: (inp.randn(r, k, dtype=torch.bfloat16), *inp.fp8_weight(n, k, scale=k**-0.5), True),
+                          lambda r=rows, n=n, k=k: (inp.randn(r, k, dtype=torch.bfloat16),
+                                                    *inp.fp8_weight(n, k, scale=k**-0.5), True),
                           lambda a, r=rows, n=n, k=k: fp8_linear_cost(r, n, k)))
     return cases
 
@@ -420,7 +426,8 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
                 vendors.append(f"{name} {_time_ms(prov.fn, args):.3f}")
             except Exception as err:  # a vendor failing must not stop the table
                 vendors.append(f"{name} failed ({type(err).__name__})")
-        print(f"{case.op:18} {case.label:34} {ms:8.3f} {tflops:8.1f} {gbs:7.0f} {floor_txt}  {', '.join(vendors) or '-'}")
+        print(f"{case.op:18} {case.label:34} {ms:8.3f} {tflops:8.1f} {gbs:7.0f} {floor_txt}  "
+              f"{', '.join(vendors) or '-'}")
         del args
         torch.cuda.empty_cache()
     for name, why in absent.items():
@@ -430,7 +437,8 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="", help="only ops whose name contains this")
-    parser.add_argument("--peak", default="", help="TFLOP/s bf16,TFLOP/s fp8,TB/s of this card (default: PEAKS by name)")
+    parser.add_argument("--peak", default="",
+                        help="TFLOP/s bf16,TFLOP/s fp8,TB/s of this card (default: PEAKS by name)")
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds the timing table may take (default 240)")
     args = parser.parse_args(argv)

@@ -120,7 +120,8 @@ class DecodeCase:
         self.sh, self.S = sh, S
         n_blocks = -(-S // PAGE)
         self.cache = (torch.randn(n_blocks, PAGE, 1, sh.dqk, generator=g) * 0.5).to(torch.bfloat16).to(device)
-        self.block_table = torch.randperm(n_blocks, generator=g).to(torch.int32).unsqueeze(0).to(device)  # scattered pages
+        # scattered pages
+        self.block_table = torch.randperm(n_blocks, generator=g).to(torch.int32).unsqueeze(0).to(device)
         self.seq_lens = torch.tensor([S], dtype=torch.int32, device=device)
         self.keys, self.key_scales = _fp8_rows(S, sh.index_dim, g, device)
         qi, qs = _fp8_rows(sh.index_heads, sh.index_dim, g, device)

@@ -63,7 +63,8 @@ def rows(config: ModelConfig) -> list[tuple[str, ...]]:
         out.append(_row(name, s.shown, default, chosen, verdict))
         if name == "h200":
             tp8 = make_plan(profile, config, tp=8)
-            out.append(_row("h200 `--tp 8`", tp8, "", _lay(tp8.layout), f"fits {tp8.weights} weights: {_seqs(tp8.memory)}"))
+            out.append(_row("h200 `--tp 8`", tp8, "", _lay(tp8.layout),
+                            f"fits {tp8.weights} weights: {_seqs(tp8.memory)}"))
     return out
 
 

@@ -159,10 +159,10 @@ def _render_ops(ops: dict, s: dict) -> list[str]:
     out = [
         "## 1. Op scaling: one layer at the 671B shapes",
         "",
-        f"{sh['heads']} heads x {sh['latent'] + sh['rope']} (value {sh['latent']}), indexer {sh['index_heads']} heads x "
-        f"{sh['index_dim']} fp8, top-k {sh['topk']}; {ops['kv_cache_dtype']} paged latent cache ({ops['page_size']}-token "
-        f"pages), device {ops['device']}. Sparse = `indexer_topk` + `sparse_mla_*` of the provider; dense = "
-        "`dsa/bench/dense_mla.py` (absorbed MLA over every token, chunked online softmax). Median of "
+        f"{sh['heads']} heads x {sh['latent'] + sh['rope']} (value {sh['latent']}), indexer {sh['index_heads']} "
+        f"heads x {sh['index_dim']} fp8, top-k {sh['topk']}; {ops['kv_cache_dtype']} paged latent cache "
+        f"({ops['page_size']}-token pages), device {ops['device']}. Sparse = `indexer_topk` + `sparse_mla_*` of the "
+        "provider; dense = `dsa/bench/dense_mla.py` (absorbed MLA over every token, chunked online softmax). Median of "
         f"{s['reps']} interleaved repetitions; ratio = sparse time / dense time (below 1: sparse is cheaper).",
         "",
     ]
@@ -219,14 +219,16 @@ def _render_e2e(e: dict) -> list[str]:
         o, t = r["ours"], r["transformers"]
         rows.append([fmt_tokens(r["context"]), f"{o['prefill_tps']:.0f}", f"{t['prefill_tps']:.0f}",
                      f"{r['prefill_speedup']:.2f}x", f"{o['decode_tps']:.1f}", f"{t['decode_tps']:.1f}",
-                     f"{r['decode_speedup']:.2f}x", fmt_bytes(o.get("peak_rss_bytes")), fmt_bytes(t.get("peak_rss_bytes")),
+                     f"{r['decode_speedup']:.2f}x", fmt_bytes(o.get("peak_rss_bytes")),
+                     fmt_bytes(t.get("peak_rss_bytes")),
                      fmt_bytes(o.get("peak_rss_over_loaded_bytes")), fmt_bytes(t.get("peak_rss_over_loaded_bytes"))])
     out += [md_table(["context", "prefill tok/s ours", "prefill tok/s transformers", "ours/theirs",
                       "decode tok/s ours", "decode tok/s transformers", "ours/theirs", "peak RSS ours",
                       "peak RSS transformers", "over loaded, ours", "over loaded, transformers"], rows), ""]
     alone = [r for r in e["rows"] if "alone_decode_tps" in r["ours"] and "alone_decode_tps" in r["transformers"]]
     if alone:
-        out += ["Cross-check: one more run of each engine alone in its own process (the peak-RSS run, 1 repetition):", ""]
+        out += ["Cross-check: one more run of each engine alone in its own process "
+                "(the peak-RSS run, 1 repetition):", ""]
         out += [md_table(["context", "prefill tok/s ours", "prefill tok/s transformers", "decode tok/s ours",
                           "decode tok/s transformers", "decode ours/theirs"],
                          [[fmt_tokens(r["context"]), f"{r['ours']['alone_prefill_tps']:.0f}",
@@ -242,8 +244,8 @@ def _render_e2e(e: dict) -> list[str]:
 def _render_cache(c: dict) -> list[str]:
     out = ["## 3. Cache bytes per token per layer (671B config, measured on PagedCache)", "",
            "Sum of the bytes of the tensors `model.cache.PagedCache` allocates (latent + index keys + index scales), "
-           "divided by tokens x layers; docs/model-and-ops.md 2.2: 576 bf16 values + 132 indexer bytes = 1284 B, or 656 + 132 = 788 B with "
-           "the packed fp8 cache.", ""]
+           "divided by tokens x layers; docs/model-and-ops.md 2.2: 576 bf16 values + 132 indexer bytes = 1284 B, "
+           "or 656 + 132 = 788 B with the packed fp8 cache.", ""]
     rows = [[r["kv_cache_dtype"], f"{r['latent_bytes']:.1f}", f"{r['index_bytes']:.1f}", f"{r['total_bytes']:.1f}",
              r["theory_bytes"], r["planner_bytes"], f"{r['relative_error'] * 100:+.2f}%",
              "yes" if r["within_tolerance"] else "no"] for r in c["rows"]]

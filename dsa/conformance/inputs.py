@@ -66,7 +66,8 @@ def paged_cache(
     """Scatter per-sequence tokens into a shuffled paged cache.
 
     latent [B, max_len, Dqk] float32: token p of sequence b. Returns (kv_cache [blocks, page, 1, Dqk or
-    P] (uint8 if fp8, else `dtype`), block_table [B, max_blocks] int32). Unused slots hold large garbage that must never be read.
+    P] (uint8 if fp8, else `dtype`), block_table [B, max_blocks] int32). Unused slots hold large garbage
+    that must never be read.
     """
     B, max_len, Dqk = latent.shape
     max_blocks = -(-max_len // page) + 1  # one spare table entry per sequence (points at block 0)

@@ -47,7 +47,8 @@ class RecordingOpSet(OpSet):
             raise ValueError(f"{MODEL_PROVIDER_ENV}: provider {provider!r} has registered no op here")
         order = dict.fromkeys([provider, "torch"])  # the provider, then torch as the fallback
         have = {op: registry.providers(op) for op in registry.OPS}
-        super().__init__({op: registry.Selection(op, [have[op][n] for n in order if n in have[op]]) for op in registry.OPS})
+        super().__init__({op: registry.Selection(op, [have[op][n] for n in order if n in have[op]])
+                          for op in registry.OPS})
         self.topk_calls: list[tuple[tuple, Tensor]] = []
 
     def call(self, op: str, *args):
@@ -154,7 +155,9 @@ def run_prefill_decode(runner: Runner, ids: Tensor, chunks: Sequence[int], seq="
     return torch.cat(out)
 
 
-def make_weights(config: ModelConfig, seed: int, fp8: bool = False, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+def make_weights(
+    config: ModelConfig, seed: int, fp8: bool = False, dtype: torch.dtype = torch.float32
+) -> dict[str, Tensor]:
     """A seeded random HF checkpoint; its bf16 entries are made in `dtype` (the fp32 test model loads
     tensors of its own dtype)."""
     return random_checkpoint(config, seed, fp8=fp8, dtype=dtype)

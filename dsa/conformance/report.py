@@ -31,15 +31,17 @@ def render_markdown(report: dict) -> str:
         f"python {m['python']}, dsa-runtime {m['dsa_runtime']}; op inputs on {report['tensors_on']}",
         f"- profile: {report['profile'] or '(none)'}; providers: {', '.join(report['providers']) or '(none installed)'}"
         + (f"; not installed here: {', '.join(report['not_installed'])}" if report["not_installed"] else ""),
-        f"- command: `{report['command']}`" + (f" (cases matching -k `{report['keyword']}`)" if report["keyword"] else ""),
+        f"- command: `{report['command']}`"
+        + (f" (cases matching -k `{report['keyword']}`)" if report["keyword"] else ""),
         f"- {report['created']}, {report['duration_s']} s",
         *(f"- note: {n}" for n in report["notes"]),
         "",
-        "Errors are against the fp64 oracle (dsa/conformance/reference/): worst over every case and every compared tensor. "
-        "`worst/tol` is the largest |error| / max(atol, rtol*|expected|) (<= 1 passes); `cos` is "
+        "Errors are against the fp64 oracle (dsa/conformance/reference/): worst over every case and every compared "
+        "tensor. `worst/tol` is the largest |error| / max(atol, rtol*|expected|) (<= 1 passes); `cos` is "
         "1 - 2<a,e>/(|a|^2+|e|^2). Blank: the cases compare exactly (bits, index sets), not within a tolerance.",
         "",
-        "| op | provider | result | cases | passed | failed | skipped | worst abs | worst rel | worst cos | worst/tol | notes |",
+        "| op | provider | result | cases | passed | failed | skipped | worst abs | worst rel | worst cos | worst/tol "
+        "| notes |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     absent: dict[str, list[str]] = {}  # provider -> ops it does not provide here (rows left out of the table)
@@ -68,15 +70,18 @@ def render_markdown(report: dict) -> str:
     if failing or report["errors"]:
         out += ["", "## Failures", ""]
         for e in report["errors"]:
-            out += [f"- collection `{e['case']}`:", "", "  ```", *("  " + ln for ln in e["message"].splitlines()), "  ```"]
+            out += [f"- collection `{e['case']}`:", "", "  ```", *("  " + ln for ln in e["message"].splitlines()),
+                    "  ```"]
         for r in failing:
             out += [f"### {r['op']} x {r['provider']}", ""]
             by_message: dict[str, list[str]] = {}
             for f in r["failures"]:
                 by_message.setdefault(f["message"], []).append(f["case"])
             for message, cases in by_message.items():
-                shown = ", ".join(f"`{c}`" for c in cases[:3]) + (f" and {len(cases) - 3} more" if len(cases) > 3 else "")
-                out += [f"- {len(cases)} case(s): {shown}", "", "  ```", *("  " + ln for ln in message.splitlines()), "  ```"]
+                shown = ", ".join(f"`{c}`" for c in cases[:3])
+                shown += f" and {len(cases) - 3} more" if len(cases) > 3 else ""
+                out += [f"- {len(cases)} case(s): {shown}", "", "  ```", *("  " + ln for ln in message.splitlines()),
+                        "  ```"]
             out.append("")
     located = [r for r in report["rows"] if r["worst"].get("tol_ratio")]
     if located:

@@ -347,10 +347,13 @@ def run_conformance(
             own = [op for op, by in ops_run.items() if name in by]
             fallback = [op for op, by in ops_run.items() if any(p != name for p in by)]
             if name != "torch" and own:
-                row.notes.append(f"ops run by {name}: {', '.join(own)}" + (f"; torch for: {', '.join(fallback)}" if fallback else ""))
+                row.notes.append(f"ops run by {name}: {', '.join(own)}"
+                                 + (f"; torch for: {', '.join(fallback)}" if fallback else ""))
             elif name != "torch" and row.passed:  # nothing of this provider was exercised: certifies nothing
-                row.skip_reasons[f"the tiny model called none of {name}'s ops (torch ran {', '.join(fallback) or 'them'})"] += row.passed
-                row.skipped, row.passed, row.worst, row.topk_rows, row.topk_bad_rows = row.skipped + row.passed, 0, {}, 0, 0
+                reason = f"the tiny model called none of {name}'s ops (torch ran {', '.join(fallback) or 'them'})"
+                row.skip_reasons[reason] += row.passed
+                row.skipped, row.passed, row.worst = row.skipped + row.passed, 0, {}
+                row.topk_rows, row.topk_bad_rows = 0, 0
 
     notes = []
     if loaded is not None and (loaded.platform, loaded.arch) != (machine["platform"], machine["arch"]):
@@ -391,7 +394,8 @@ def _not_installed(name: str) -> str:
 def _ordered(rows, names: Sequence[str]) -> list[Row]:
     op_rank = {op: i for i, op in enumerate((*registry.OPS, MODEL_ROW))}
     prov_rank = {n: i for i, n in enumerate(names)}
-    return sorted(rows, key=lambda r: (op_rank.get(r.op, len(op_rank)), r.op, prov_rank.get(r.provider, len(prov_rank)), r.provider))
+    return sorted(rows, key=lambda r: (op_rank.get(r.op, len(op_rank)), r.op,
+                                       prov_rank.get(r.provider, len(prov_rank)), r.provider))
 
 
 def _check_writable(report_dir: Path) -> None:

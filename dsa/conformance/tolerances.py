@@ -1,4 +1,5 @@
-"""The one tolerance table of the conformance suite (docs/model-and-ops.md 7 rules; see dsa/conformance/reference/compare.py).
+"""The one tolerance table of the conformance suite (docs/model-and-ops.md 7 rules; see
+dsa/conformance/reference/compare.py).
 
 An element passes if |a - e| <= atol OR |a - e| <= rtol * |e| (e = fp64 oracle); then the whole tensor
 must satisfy 1 - 2<a,e>/(|a|^2+|e|^2) <= cos_eps. Inputs are built so outputs are O(1) (atol is

@@ -32,7 +32,8 @@ from dsa.model.parallel import ParallelGroups, check_layout
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 POLL_SECONDS = 0.2
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding this dsa package: the ranks import the same one
+# the directory holding this dsa package: the ranks import the same one
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def launched() -> bool:
@@ -102,7 +103,8 @@ def spawn_local(nproc: int, argv: Sequence[str]) -> int:
     rank fails, the others are stopped."""
     port = free_port()
     path = os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)
-    threads = {} if "OMP_NUM_THREADS" in os.environ else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    threads = ({} if "OMP_NUM_THREADS" in os.environ
+               else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})
     procs: list[subprocess.Popen] = []
     try:
         for rank in range(nproc):

@@ -45,8 +45,9 @@ class Lockstep:
         m = self.model
         device = next(m.parameters()).device
         if self._scratch is None:
-            self._scratch = PagedCache(m.config, num_blocks=1, page_size=self.page_size, kv_cache_dtype=m.kv_cache_dtype,
-                                       dtype=m.dtype, indexer_fp8=m.indexer_fp8, device=device)
+            self._scratch = PagedCache(m.config, num_blocks=1, page_size=self.page_size,
+                                       kv_cache_dtype=m.kv_cache_dtype, dtype=m.dtype, indexer_fp8=m.indexer_fp8,
+                                       device=device)
         batch = Batch.build(new_lens=[1], context_lens=[0], block_tables=[[0]], page_size=self.page_size, device=device)
         m(torch.zeros(1, dtype=torch.long, device=device), batch, self._scratch, last_only=True)
 

@@ -58,7 +58,8 @@ class LLM:
 
         several = {k: v for k, v in args.layout_overrides.items() if v not in (None, 1)}
         if several:
-            raise InputError(f"the LLM API runs on one device, got {', '.join(f'{k}={v}' for k, v in several.items())}; "
+            raise InputError("the LLM API runs on one device, got "
+                             f"{', '.join(f'{k}={v}' for k, v in several.items())}; "
                              "run several ranks with `dsa run --nproc N` (or torchrun)")
         setup = args.replace(tp=1, ep=1, dp_attention=1, nodes=1).resolve()
         setup.plan.check_runnable(detect())
@@ -126,8 +127,8 @@ class LLM:
         engine = self.engine
         blocks = engine.allocator.allocate(-(-len(ids) // engine.page_size))
         try:
-            batch = Batch.build(new_lens=[len(ids)], context_lens=[0], block_tables=[blocks], page_size=engine.page_size,
-                                device=engine.device)
+            batch = Batch.build(new_lens=[len(ids)], context_lens=[0], block_tables=[blocks],
+                                page_size=engine.page_size, device=engine.device)
             ids = torch.tensor(ids, dtype=torch.long, device=engine.device)
             return self.model(ids, batch, engine.cache).float().cpu()
         finally:
@@ -148,7 +149,8 @@ def _check_token_ids(token_ids, vocab_size: int, max_seq_len: int) -> list[int]:
     if bad is not None:
         raise InputError(f"token_ids must be integers in [0, {vocab_size}), got {bad!r}")
     if len(ids) > max_seq_len:
-        raise InputError(f"{len(ids)} token ids but the context holds {max_seq_len}; pass fewer (or a larger max_seq_len)")
+        raise InputError(f"{len(ids)} token ids but the context holds {max_seq_len}; "
+                         "pass fewer (or a larger max_seq_len)")
     return ids
 
 

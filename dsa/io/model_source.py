@@ -123,8 +123,8 @@ def load_source_tokenizer(source: ModelSource):
     if source.checkpoint_dir is not None:
         return load_tokenizer(source.checkpoint_dir)
     if source.config.vocab_size < ByteTokenizer.vocab_size:
-        raise DsaError(f"model {source.name!r} has vocab_size {source.config.vocab_size}, smaller than the built-in byte "
-                       f"tokenizer's {ByteTokenizer.vocab_size}; give a directory with a tokenizer.json")
+        raise DsaError(f"model {source.name!r} has vocab_size {source.config.vocab_size}, smaller than the "
+                       f"built-in byte tokenizer's {ByteTokenizer.vocab_size}; give a directory with a tokenizer.json")
     return ByteTokenizer()
 
 

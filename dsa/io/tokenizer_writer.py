@@ -56,7 +56,8 @@ def build_tokenizer(vocab_size: int):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     if vocab_size < VOCAB_SIZE:
-        raise ConfigError(f"vocab_size {vocab_size} is too small for the byte-level tokenizer; it needs >= {VOCAB_SIZE}")
+        raise ConfigError(f"vocab_size {vocab_size} is too small for the byte-level tokenizer; "
+                          f"it needs >= {VOCAB_SIZE}")
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     vocab.update({ch: b + OFFSET for b, ch in enumerate(_byte_chars())})
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))

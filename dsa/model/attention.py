@@ -50,7 +50,9 @@ class Indexer(nn.Module):
         pe, rest = x.split([self.rope_dim, self.head_dim - self.rope_dim], dim=-1)
         return torch.cat([apply_rope_rotate_half(pe, cos, sin), rest], dim=-1)
 
-    def forward(self, x: Tensor, qr: Tensor, cos: Tensor, sin: Tensor, layer: int, batch: Batch, cache: PagedCache) -> Tensor:
+    def forward(
+        self, x: Tensor, qr: Tensor, cos: Tensor, sin: Tensor, layer: int, batch: Batch, cache: PagedCache
+    ) -> Tensor:
         """x [T, D], qr [T, q_lora_rank] -> indices [T, index_topk] int32 into the packed cache (-1 = none)."""
         T = x.shape[0]
         q = self.wq_b(qr).view(T, self.n_heads, self.head_dim)  # [T, Hi, Di]

@@ -91,7 +91,8 @@ class Batch:
             if n < 1 or c < 0:
                 raise ValueError(f"sequence {b}: new_lens must be >= 1 and context_lens >= 0, got {n}, {c}")
             if len(blocks) * page_size < n + c:
-                raise ValueError(f"sequence {b}: {n + c} tokens need {-(-(n + c) // page_size)} blocks, got {len(blocks)}")
+                raise ValueError(f"sequence {b}: {n + c} tokens need {-(-(n + c) // page_size)} blocks, "
+                                 f"got {len(blocks)}")
         new = torch.tensor(list(new_lens), dtype=torch.int64)
         ctx = torch.tensor(list(context_lens), dtype=torch.int64)
         B = len(new_lens)
@@ -155,11 +156,14 @@ class PagedCache:
         layers = range(config.num_hidden_layers)
         if kv_cache_dtype == "fp8":
             row = (kv_format.packed_bytes(config.kv_lora_rank, config.qk_rope_head_dim),)
-            self.latent = [torch.zeros(num_blocks, page_size, 1, *row, dtype=torch.uint8, device=device) for _ in layers]
+            self.latent = [torch.zeros(num_blocks, page_size, 1, *row, dtype=torch.uint8, device=device)
+                           for _ in layers]
         else:
-            self.latent = [torch.zeros(num_blocks, page_size, 1, config.latent_dim, dtype=dtype, device=device) for _ in layers]
+            self.latent = [torch.zeros(num_blocks, page_size, 1, config.latent_dim, dtype=dtype, device=device)
+                           for _ in layers]
         k_dtype = torch.float8_e4m3fn if indexer_fp8 else dtype
-        self.index_k = [torch.zeros(num_blocks, page_size, config.index_head_dim, dtype=k_dtype, device=device) for _ in layers]
+        self.index_k = [torch.zeros(num_blocks, page_size, config.index_head_dim, dtype=k_dtype, device=device)
+                        for _ in layers]
         self.index_scale = [torch.ones(num_blocks, page_size, dtype=torch.float32, device=device) for _ in layers]
 
     # ---- writes -----------------------------------------------------------------------------------

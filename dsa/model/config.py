@@ -197,7 +197,8 @@ class ModelConfig:
             if not 0 < self.num_experts_per_tok <= self.topk_group * per_group:
                 bad(f"num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, topk_group * experts per group]")
         if self.scoring_func != "sigmoid" or self.topk_method != "noaux_tc":
-            bad(f"only scoring_func=sigmoid with topk_method=noaux_tc is supported, got {self.scoring_func}/{self.topk_method}")
+            bad("only scoring_func=sigmoid with topk_method=noaux_tc is supported, "
+                f"got {self.scoring_func}/{self.topk_method}")
         if self.tie_word_embeddings:
             bad("tie_word_embeddings must be false for DeepSeek-V3.2")
 

@@ -117,7 +117,8 @@ def rope_inv_freq(dim: int, theta: float, scaling: Optional[RopeScaling]) -> Ten
         return freq.float()
 
     def corr(rotations: float) -> float:
-        return dim * math.log(scaling.original_max_position_embeddings / (2 * math.pi * rotations)) / (2 * math.log(theta))
+        return (dim * math.log(scaling.original_max_position_embeddings / (2 * math.pi * rotations))
+                / (2 * math.log(theta)))
 
     low = max(math.floor(corr(scaling.beta_fast)), 0)
     high = min(math.ceil(corr(scaling.beta_slow)), dim - 1)

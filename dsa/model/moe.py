@@ -63,9 +63,9 @@ class Experts(nn.Module):
 
     def __init__(self, config: ModelConfig, *, fp8: bool, dtype: torch.dtype):
         super().__init__()
-        E, D, I = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
+        E, D, inter = config.n_routed_experts, config.hidden_size, config.moe_intermediate_size
         w_dtype = torch.float8_e4m3fn if fp8 else dtype
-        for name, (n, k) in (("gate_proj", (I, D)), ("up_proj", (I, D)), ("down_proj", (D, I))):
+        for name, (n, k) in (("gate_proj", (inter, D)), ("up_proj", (inter, D)), ("down_proj", (D, inter))):
             setattr(self, name, nn.Parameter(torch.empty(E, n, k, dtype=w_dtype), requires_grad=False))
             scale = torch.ones(E, scale_blocks(n), scale_blocks(k), dtype=torch.float32) if fp8 else None
             setattr(self, name + "_scale_inv", nn.Parameter(scale, requires_grad=False) if fp8 else None)
@@ -85,7 +85,8 @@ class MoE(nn.Module):
         self.gate = Gate(config, dtype)
         self.experts = Experts(config, fp8=fp8, dtype=dtype)
         shared = config.moe_intermediate_size * config.n_shared_experts
-        self.shared_experts = MLP(config.hidden_size, shared, ops, fp8=fp8, ue8m0=ue8m0, dtype=dtype) if shared else None
+        self.shared_experts = (MLP(config.hidden_size, shared, ops, fp8=fp8, ue8m0=ue8m0, dtype=dtype)
+                               if shared else None)
 
     def _quantise(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """The GEMM input: x itself for float experts, (fp8 x, 1x128 scales) for fp8 experts."""

@@ -294,7 +294,6 @@ class ParallelMoE(MoE):
         self.fused = groups.ep == groups.tp and groups.tp > 1  # EP group == TP group: one all-reduce for both
 
     def forward(self, x: Tensor) -> Tensor:
-        T = x.shape[0]
         shared = self.shared_experts(x).float() if self.shared_experts is not None else None  # TP partial
         if not self.gather:
             y = self._routed(x)  # [T, D] fp32, this rank's experts only
@@ -385,9 +384,10 @@ def parallelize(model: nn.Module, groups: ParallelGroups) -> Sharding:
             h = attn.n_heads // tp
             qk, kv = attn.nope_dim + attn.rope_dim, attn.nope_dim + attn.v_dim
             attn.q_b_proj = cut.linear(attn.q_b_proj, f"{p}.self_attn.q_b_proj", Shard(0, r * h * qk, (r + 1) * h * qk))
-            attn.kv_b_proj = cut.linear(attn.kv_b_proj, f"{p}.self_attn.kv_b_proj", Shard(0, r * h * kv, (r + 1) * h * kv))
-            attn.o_proj = cut.linear(attn.o_proj, f"{p}.self_attn.o_proj", Shard(1, r * h * attn.v_dim, (r + 1) * h * attn.v_dim),
-                                     group=groups.tp_group)
+            attn.kv_b_proj = cut.linear(attn.kv_b_proj, f"{p}.self_attn.kv_b_proj",
+                                        Shard(0, r * h * kv, (r + 1) * h * kv))
+            attn.o_proj = cut.linear(attn.o_proj, f"{p}.self_attn.o_proj",
+                                     Shard(1, r * h * attn.v_dim, (r + 1) * h * attn.v_dim), group=groups.tp_group)
             attn.n_heads = h
         if isinstance(block.mlp, MoE):
             moe = block.mlp
@@ -414,7 +414,8 @@ def _split_mlp(cut: "_Cutter", mlp: MLP, prefix: str, r: int, tp: int, group) ->
 
 
 def _take_experts(cut: "_Cutter", experts: nn.Module, first: int, count: int) -> None:
-    for name in ("gate_proj", "up_proj", "down_proj", "gate_proj_scale_inv", "up_proj_scale_inv", "down_proj_scale_inv"):
+    for name in ("gate_proj", "up_proj", "down_proj",
+                 "gate_proj_scale_inv", "up_proj_scale_inv", "down_proj_scale_inv"):
         old = getattr(experts, name)
         if old is None:
             continue

@@ -19,7 +19,9 @@ from dsa.model.config import ModelConfig
 from dsa.model.layers import Linear, RMSNorm, RotaryEmbedding, uses_ue8m0
 from dsa.model.moe import MLP, MoE
 
-EXPERT_NAME = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.(weight|weight_scale_inv)$")
+EXPERT_NAME = re.compile(
+    r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.(weight|weight_scale_inv)$"
+)
 LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.")
 MAX_LISTED_PROBLEMS = 8
 
@@ -89,11 +91,13 @@ class DeepseekV32(nn.Module):
 
     def _check(self, input_ids: Tensor, batch: Batch, cache: PagedCache) -> None:
         if input_ids.dim() != 1 or input_ids.shape[0] != batch.positions.shape[0]:
-            raise ValueError(f"input_ids must be [T] with T = {batch.positions.shape[0]} (the batch's new tokens), got {list(input_ids.shape)}")
+            raise ValueError(f"input_ids must be [T] with T = {batch.positions.shape[0]} (the batch's new tokens), "
+                             f"got {list(input_ids.shape)}")
         ours = (self.kv_cache_dtype, self.indexer_fp8, self.dtype, len(self.model.layers))
         theirs = (cache.kv_cache_dtype, cache.indexer_fp8, cache.dtype, len(cache.latent))
         if ours != theirs:
-            raise ValueError(f"cache (kv_cache_dtype, indexer_fp8, dtype, layers) = {theirs} does not match the model's {ours}")
+            raise ValueError(f"cache (kv_cache_dtype, indexer_fp8, dtype, layers) = {theirs} "
+                             f"does not match the model's {ours}")
         if batch.page_size != cache.page_size:
             raise ValueError(f"batch built for page size {batch.page_size}, cache has {cache.page_size}")
 
@@ -113,7 +117,8 @@ class DeepseekV32(nn.Module):
 
     def load_hf_state_dict(self, weights: dict[str, Tensor]) -> None:
         """Load HF-named tensors (docs/model-and-ops.md 3). Strict: a missing, unexpected, mis-shaped or mistyped tensor
-        is a ConfigError naming it and what was expected. The MTP layers (stored after the last decoder layer) are skipped."""
+        is a ConfigError naming it and what was expected. The MTP layers (stored after the last decoder layer) are
+        skipped."""
         layout = self.hf_layout()
         weights = {k: v for k, v in weights.items() if not is_mtp_tensor(k, self.config)}
         problems = []

@@ -90,7 +90,9 @@ def quantize_blocks(w: Tensor, block: int = WEIGHT_BLOCK) -> tuple[Tensor, Tenso
     return q.view(nb * block, kb * block)[:n, :k].contiguous(), scale
 
 
-def random_checkpoint(config: ModelConfig, seed: int, fp8: bool = False, dtype: torch.dtype = torch.bfloat16) -> dict[str, Tensor]:
+def random_checkpoint(
+    config: ModelConfig, seed: int, fp8: bool = False, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, Tensor]:
     """Seeded random weights in the HF layout (`hf_tensor_specs`), scaled so activations stay O(1).
 
     Matrices ~ N(0, 1/fan_in) (the embedding ~ N(0, 1)); norm weights ~ 1; biases small. bf16 entries

@@ -49,7 +49,9 @@ def test_act_quant(provider, name, shape, dtype, block, ue8m0):
     assert y.dtype == torch.float8_e4m3fn and y.shape == x.shape
     assert s.dtype == torch.float32 and s.shape == s_ref.shape
     s_diff = (s.cpu() != s_ref).nonzero()
-    assert len(s_diff) == 0, f"scales differ at {s_diff[:5].tolist()}: {s.cpu()[tuple(s_diff[0])]} vs {s_ref[tuple(s_diff[0])]}"
+    assert len(s_diff) == 0, (
+        f"scales differ at {s_diff[:5].tolist()}: {s.cpu()[tuple(s_diff[0])]} vs {s_ref[tuple(s_diff[0])]}"
+    )
     a, e = decode(y.cpu()), decode(y_ref)
     y_diff = (a != e).nonzero()  # value compare: +0 == -0
     assert len(y_diff) == 0, (

@@ -19,7 +19,8 @@ def small_args(op: str) -> tuple:
     if op == "fp8_linear":
         return (randn((3, 200), g, torch.bfloat16), *quantize_weight(randn((72, 200), g, scale=0.07)), False)
     if op == "indexer_topk":
-        starts, ends = torch.tensor([0, 0, 0, 5, 7], dtype=torch.int32), torch.tensor([1, 4, 5, 9, 7], dtype=torch.int32)
+        starts = torch.tensor([0, 0, 0, 5, 7], dtype=torch.int32)
+        ends = torch.tensor([1, 4, 5, 9, 7], dtype=torch.int32)
         return randn((5, 2, 16), g), randn((5, 2), g), randn((12, 16), g), torch.ones(12), starts, ends, 3
     if op == "sparse_mla_prefill":
         q, kv = randn((4, 2, 80), g, torch.bfloat16), randn((10, 1, 80), g, torch.bfloat16)
@@ -27,7 +28,8 @@ def small_args(op: str) -> tuple:
     if op == "sparse_mla_decode":
         cache, table = paged_cache([7, 3], 4, randn((2, 7, 160), g), 128, False, g)
         indices = sparse_indices(3, 5, 3, g, [0, 2, 3])[1:].reshape(2, 1, 5)
-        return randn((2, 1, 2, 160), g, torch.bfloat16), cache, table, torch.tensor([7, 3], dtype=torch.int32), indices, 0.1, 128
+        return (randn((2, 1, 2, 160), g, torch.bfloat16), cache, table, torch.tensor([7, 3], dtype=torch.int32),
+                indices, 0.1, 128)
     if op == "grouped_gemm":
         return randn((6, 64), g), None, randn((2, 16, 64), g), None, torch.tensor([3, 2], dtype=torch.int32)
     raise KeyError(op)

@@ -43,5 +43,6 @@ def test_grouped_gemm(provider, name, m_sizes, pad, K, N, kind, size_dtype):
     y = call_op("grouped_gemm", provider, x, x_scale, w, w_scale, sizes)
     assert y.dtype == out_dtype and y.shape == (M, N)
     tol = out_tol(out_dtype)
-    assert_close(y, ref_grouped_gemm(x, x_scale, w, w_scale, sizes), tol.atol, tol.rtol, tol.cos_eps, f"grouped_gemm {name}")
+    assert_close(y, ref_grouped_gemm(x, x_scale, w, w_scale, sizes), tol.atol, tol.rtol, tol.cos_eps,
+                 f"grouped_gemm {name}")
     assert torch.count_nonzero(y[sum(m_sizes):].float()) == 0, "padding rows must be exactly 0"

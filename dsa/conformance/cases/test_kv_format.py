@@ -62,7 +62,8 @@ def test_round_trip_error_bound(dtype):
     back = unpack_tokens(packed, d_v)
     x = latent.double()
 
-    scales = f32_from_bits(little_endian_words(packed[:, d_v : d_v + 4 * (d_v // 128)], 4))  # [9, 4], read from the bytes
+    # [9, 4], read from the bytes
+    scales = f32_from_bits(little_endian_words(packed[:, d_v : d_v + 4 * (d_v // 128)], 4))
     assert torch.equal(torch.exp2(torch.log2(scales).round()), scales), "scales must be powers of two"
     amax = x[:, :d_v].reshape(9, -1, 128).abs().amax(-1).clamp_min(1e-4)
     assert (amax / scales <= 448).all(), "a scale clips its group"

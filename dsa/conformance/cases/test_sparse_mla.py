@@ -69,7 +69,8 @@ def test_sparse_mla_decode(provider, name, seq_lens, s_q, H, d_v, rope, page, K,
     kv_cache, block_table = paged_cache(seq_lens, page, latent, d_v, cache_kind == "fp8", g, dtype=cache_dtype)
     indices = torch.stack(
         [
-            sparse_indices(s_q + 1, K, n, g, [K // 2 + 3 * j for j in range(s_q + 1)])[1:]  # row 0 of the builder is empty
+            # row 0 of the builder is empty
+            sparse_indices(s_q + 1, K, n, g, [K // 2 + 3 * j for j in range(s_q + 1)])[1:]
             for n in seq_lens
         ]
     )  # [B, s_q, K]; sequences with seq_len 0 get only invalid entries

@@ -48,7 +48,9 @@ def global_diff(a: Tensor, b: Tensor) -> float:
     return 0.0 if denom == 0.0 else 1.0 - 2.0 * float((a * b).sum()) / denom
 
 
-def assert_close(actual: Tensor, expected: Tensor, atol: float, rtol: float, cos_eps: float, name: str = "tensor") -> None:
+def assert_close(
+    actual: Tensor, expected: Tensor, atol: float, rtol: float, cos_eps: float, name: str = "tensor"
+) -> None:
     """Fail with the worst offenders unless `actual` matches the oracle's `expected` (docs/model-and-ops.md 7).
 
     The relative difference is taken against the expected (oracle) value.
@@ -63,7 +65,8 @@ def assert_close(actual: Tensor, expected: Tensor, atol: float, rtol: float, cos
         ma, me = test(a), test(e)
         if not torch.equal(ma, me):
             raise AssertionError(
-                f"{name}: {label} positions differ: actual only at {_where(ma & ~me)}, expected only at {_where(me & ~ma)}"
+                f"{name}: {label} positions differ: actual only at {_where(ma & ~me)}, "
+                f"expected only at {_where(me & ~ma)}"
             )
 
     finite = torch.isfinite(e)
@@ -112,7 +115,8 @@ def assert_topk_equivalent(actual_idx: Tensor, ref_scores: Tensor, k_valid: Tens
         if any(v == -1 for v in sel) or any(v != -1 for v in row[n:]):
             first_pad = row.index(-1)
             late = next(j for j in range(first_pad, len(row)) if row[j] != -1)
-            problems.append(f"row {t}: -1 padding is not at the end (-1 at column {first_pad}, index {row[late]} at column {late})")
+            problems.append(f"row {t}: -1 padding is not at the end "
+                            f"(-1 at column {first_pad}, index {row[late]} at column {late})")
             continue
         if n != want:
             problems.append(f"row {t}: {n} valid indices, expected {want}")

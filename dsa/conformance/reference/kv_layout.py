@@ -24,7 +24,8 @@ def f32_from_bits(bits: Tensor) -> Tensor:
     mantissa = (bits & 0x7FFFFF).double() / 2.0**23
     normal = (1.0 + mantissa) * torch.exp2((exponent - 127).double())
     subnormal = mantissa * 2.0**-126
-    special = torch.where(mantissa == 0, torch.full_like(mantissa, float("inf")), torch.full_like(mantissa, float("nan")))
+    special = torch.where(mantissa == 0, torch.full_like(mantissa, float("inf")),
+                          torch.full_like(mantissa, float("nan")))
     value = torch.where(exponent == 0, subnormal, torch.where(exponent == 0xFF, special, normal))
     return sign * value
 
