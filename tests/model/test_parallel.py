@@ -129,7 +129,8 @@ def _check(results: list[dict], layouts: dict, reference: dict) -> None:
             r = res[name]
             assert r["prompt"] == (rank // tp) % len(PROMPTS)
             logits, tokens = reference[(ckpt, weights)][r["prompt"]]
-            torch.testing.assert_close(r["logits"], logits, atol=ATOL, rtol=RTOL, msg=lambda m: f"{name} rank {rank}: {m}")
+            torch.testing.assert_close(r["logits"], logits, atol=ATOL, rtol=RTOL,
+                                       msg=lambda m: f"{name} rank {rank}: {m}")
             assert r["tokens"] == tokens, f"{name} rank {rank}: greedy tokens differ"
             assert len(tokens) > 1
 
@@ -140,7 +141,8 @@ def test_two_ranks_match_one_process(ckpts, reference, tmp_path):
     assert "launched" in results[0]["error"] and "4 ranks" in results[0]["error"]
 
 
-@pytest.mark.skipif(os.environ.get("DSA_TEST_4_RANKS") != "1", reason="4 processes: set DSA_TEST_4_RANKS=1 (~35 s of CPU)")
+@pytest.mark.skipif(os.environ.get("DSA_TEST_4_RANKS") != "1",
+                    reason="4 processes: set DSA_TEST_4_RANKS=1 (~35 s of CPU)")
 def test_four_ranks_match_one_process(ckpts, reference, tmp_path):
     _check(_run(4, LAYOUTS_4, ckpts, tmp_path), LAYOUTS_4, reference)
 

@@ -79,7 +79,8 @@ def test_fp8_kv_cache_changes_the_logits(setup):
 
 SCHEDULES = {
     # prefill both (uneven lengths) in one step, then decode both together
-    "prefill-together": [{"a": (0, 40), "b": (0, 22)}] + [{"a": (40 + i, 41 + i), "b": (22 + i, 23 + i)} for i in range(8)],
+    "prefill-together": [{"a": (0, 40), "b": (0, 22)}]
+    + [{"a": (40 + i, 41 + i), "b": (22 + i, 23 + i)} for i in range(8)],
     # a alone, then a mixed step (a decodes while b prefills), decode both, b finishes alone
     "mixed": [{"a": (0, 40)}, {"a": (40, 41), "b": (0, 22)}]
     + [{"a": (41 + i, 42 + i), "b": (22 + i, 23 + i)} for i in range(7)] + [{"b": (29, 30)}],
@@ -111,7 +112,8 @@ def test_last_only_returns_the_last_token_of_each_sequence(setup):
 
     r = Runner(cfg, w)
     r.blocks = {"a": r.alloc.allocate(3), "b": r.alloc.allocate(2)}
-    batch = Batch.build(new_lens=[48, 30], context_lens=[0, 0], block_tables=[r.blocks["a"], r.blocks["b"]], page_size=16)
+    batch = Batch.build(new_lens=[48, 30], context_lens=[0, 0], block_tables=[r.blocks["a"], r.blocks["b"]],
+                        page_size=16)
     with torch.no_grad():
         last = r.model(torch.cat([a_ids, b_ids]), batch, r.cache, last_only=True)
     assert last.shape == (2, cfg.vocab_size) and last.dtype == torch.float32

@@ -62,7 +62,9 @@ def test_peak_bytes_sees_torch_allocations():
 
 
 def test_json_clean_drops_nan_and_inf():
-    assert clean({"a": float("nan"), "b": [1.0, float("inf")], "c": (1, 2)}) == {"a": None, "b": [1.0, None], "c": [1, 2]}
+    assert clean({"a": float("nan"), "b": [1.0, float("inf")], "c": (1, 2)}) == {
+        "a": None, "b": [1.0, None], "c": [1, 2]
+    }
 
 
 def test_targets_use_the_largest_size_and_say_when_it_is_below_the_target():
@@ -133,7 +135,8 @@ def test_cache_bytes_match_spec():
 
 # ---- the command and its JSON -----------------------------------------------------------------------------
 TINY_RUN = ["bench", "--quick", "--decode-contexts", "256", "--prefill-tokens", "128", "--prefill-rows", "2",
-            "--reps", "1", "--e2e-contexts", "32", "--e2e-steps", "2", "--e2e-reps", "1", "--threads", "2", "--e2e-threads", "1"]
+            "--reps", "1", "--e2e-contexts", "32", "--e2e-steps", "2", "--e2e-reps", "1", "--threads", "2",
+            "--e2e-threads", "1"]
 
 
 def _check_schema(doc: dict, sections: set[str]) -> None:

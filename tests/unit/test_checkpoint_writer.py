@@ -240,7 +240,8 @@ def test_bad_arguments_are_user_errors(tmp_path):
 
 def test_cli_make_checkpoint(tmp_path, capsys):
     out = tmp_path / "ck"
-    assert main(["make-checkpoint", "--config", "tiny", "--out", str(out), "--fp8", "--seed", "4", "--shards", "2"]) == 0
+    assert main(["make-checkpoint", "--config", "tiny", "--out", str(out), "--fp8", "--seed", "4",
+                 "--shards", "2"]) == 0
     stdout = capsys.readouterr().out
     assert str(out) in stdout and "fp8" in stdout
     assert ModelConfig.from_file(out).fp8_weights and len(list(out.glob("*.safetensors"))) == 2

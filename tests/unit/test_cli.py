@@ -103,8 +103,8 @@ def test_user_errors_are_one_line_exit_2(capsys, argv, words):
 
 def test_bad_profile_file_names_file_and_field(capsys, tmp_path):
     bad = tmp_path / "mine.yaml"
-    bad.write_text((__import__("dsa.configs").configs.CONFIG_DIR / "devices" / "cpu.yaml").read_text().replace("name: cpu", "name: mine")
-                   .replace("[torch]", "[torchh]", 1))
+    bad.write_text((__import__("dsa.configs").configs.CONFIG_DIR / "devices" / "cpu.yaml").read_text()
+                   .replace("name: cpu", "name: mine").replace("[torch]", "[torchh]", 1))
     assert_user_error(capsys, ["plan", "--device", str(bad)], "mine.yaml", "torchh")
 
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from dsa.cli import main
 from dsa.conformance import runner as conformance
 from dsa.hal import registry
-from dsa.cli import main
 
 
 @pytest.fixture
@@ -70,13 +70,14 @@ def test_missing_cases_say_to_reinstall(tmp_path, monkeypatch, capsys):
 def test_run_reports_pass_fail_worst_errors_and_exits_1(broken_fp8_linear, absent_npu, tmp_path, capsys, monkeypatch):
     """In-process run on a few cases: torch passes, the broken provider fails its fp8_linear cases, the
     tiny-model row of each provider runs (the broken one never reaches its only op there: skipped), and a
-    provider that declines every case or is not installed is reported as skipped with the reason. For speed, only one op file and
-    one model file are collected (the real lists are checked by case_files on every run)."""
+    provider that declines every case or is not installed is reported as skipped with the reason. For
+    speed, only one op file and one model file are collected (the real lists are checked by case_files
+    on every run)."""
     monkeypatch.setattr(conformance, "OP_TESTS", ("test_fp8_linear.py",))
     monkeypatch.setattr(conformance, "MODEL_TESTS", ("test_oracle.py",))
     out = tmp_path / "report"
-    code = main(["conformance", "--provider", "torch", broken_fp8_linear, "test-declines", absent_npu, "--report", str(out),
-                 "-k", "bf16_T7 or test_topk_at_least_length_equals_sparse_and_dense_reference"])
+    code = main(["conformance", "--provider", "torch", broken_fp8_linear, "test-declines", absent_npu,
+                 "--report", str(out), "-k", "bf16_T7 or test_topk_at_least_length_equals_sparse_and_dense_reference"])
     printed = capsys.readouterr().out
     assert code == 1 and "FAIL fp8_linear x test-broken: 2 of 2 cases" in printed
     report = json.loads((out / "report.json").read_text())
@@ -93,11 +94,13 @@ def test_run_reports_pass_fail_worst_errors_and_exits_1(broken_fp8_linear, absen
     assert "exceed atol" in bad["failures"][0]["message"]
 
     skipped = rows[("fp8_linear", "npu")]
-    assert skipped["status"] == "skipped" and "has not registered op 'fp8_linear'" in skipped["skip_reasons"][0]["reason"]
+    assert skipped["status"] == "skipped"
+    assert "has not registered op 'fp8_linear'" in skipped["skip_reasons"][0]["reason"]
     assert report["not_installed"] == {"npu": "dsa.backends.npu"}
 
     declines = rows[("fp8_linear", "test-declines")]
-    assert declines["status"] == "skipped" and declines["skip_reasons"] == [{"reason": "test-declines declines: not here", "count": 2}]
+    assert declines["status"] == "skipped"
+    assert declines["skip_reasons"] == [{"reason": "test-declines declines: not here", "count": 2}]
     assert "ran no op-level case" in rows[("tiny model", "test-declines")]["skip_reasons"][0]["reason"]
 
     model = rows[("tiny model", "torch")]

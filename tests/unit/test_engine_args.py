@@ -81,7 +81,9 @@ def test_cli_flag_errors_exit_2_with_one_line(capsys):
 
 def test_resolve_applies_the_options_to_the_plan():
     setup = EngineArgs(dtype="fp32", page_size=16, kv_cache_dtype="fp8", max_seq_len=300).resolve()
-    assert (setup.plan.dtype, setup.plan.page_size, setup.plan.kv_cache_dtype, setup.max_seq_len) == ("fp32", 16, "fp8", 300)
+    assert (setup.plan.dtype, setup.plan.page_size, setup.plan.kv_cache_dtype, setup.max_seq_len) == (
+        "fp32", 16, "fp8", 300
+    )
     assert setup.source.name == "tiny" and setup.profile.name == "cpu"
     with pytest.raises(InputError, match="max_position_embeddings"):
         EngineArgs(max_seq_len=10**7).resolve()

@@ -74,7 +74,9 @@ def test_roofline_floor_and_achieved(bench):
     # (36.5 GFLOP vs 105 MB for 64 sequences); quantisation is pure bandwidth
     dec = bench.sparse_mla_decode_cost(64, 131072, "fp8")
     assert dec.flops / peak.bf16_flops > dec.bytes / peak.bytes_per_s
-    assert bench.act_quant_cost(64, 7168).floor_seconds(peak) == pytest.approx(64 * 7168 * 3 / 4.8e12 + 64 * 56 * 4 / 4.8e12)
+    assert bench.act_quant_cost(64, 7168).floor_seconds(peak) == pytest.approx(
+        64 * 7168 * 3 / 4.8e12 + 64 * 56 * 4 / 4.8e12
+    )
     pre = bench.sparse_mla_prefill_cost(4096, 131072)
     assert pre.flops / peak.bf16_flops > pre.bytes / peak.bytes_per_s
 
@@ -84,6 +86,7 @@ def test_exits_with_a_message_without_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     env = {"PATH": "/usr/bin:/bin", "TRITON_INTERPRET": "0"}
-    r = subprocess.run([sys.executable, "-m", "dsa.bench.gpu_ops", "--only", "act_quant"], capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "dsa.bench.gpu_ops", "--only", "act_quant"], capture_output=True,
+                       text=True, env=env, timeout=120)
     assert r.returncode != 0
     assert "needs a CUDA or ROCm GPU" in r.stderr

@@ -334,8 +334,9 @@ def test_bad_checkpoint_is_one_clear_error(bad, case):
         assert w in msg, (w, msg)
 
 
-@pytest.mark.parametrize("case", ["index names a missing shard", "truncated shard", "tensor missing", "unexpected tensor",
-                                  "wrong shape", "fp8 weight without its scale", "another model_type"])
+@pytest.mark.parametrize("case", ["index names a missing shard", "truncated shard", "tensor missing",
+                                  "unexpected tensor", "wrong shape", "fp8 weight without its scale",
+                                  "another model_type"])
 def test_bad_checkpoint_through_the_cli(bad, capsys, case):
     from dsa.cli import main
 

@@ -248,7 +248,8 @@ def test_weight_bytes_by_dtype(big):
     assert list(d) == ["fp8", "fp32 scales", "bf16", "fp32"]
     assert sum(d.values()) == m.weight_bytes == sum(m.weight_bytes_by_group.values())
     L, moe, D, V = 61, 58, 7168, 129280
-    assert d["bf16"] == 2 * (2 * V * D // 8 + moe * 256 * D + L * 64 * D)  # embed + lm_head over tp; router, weights_proj
+    # embed + lm_head over tp; router, weights_proj
+    assert d["bf16"] == 2 * (2 * V * D // 8 + moe * 256 * D + L * 64 * D)
     norms = 4 * (D + 2 * L * D + L * 1536 + L * 512 + 2 * L * 128 + moe * 256)  # incl. e_score_correction_bias
     assert d["fp32"] == norms
     assert 4 / 128**2 * 0.99 < d["fp32 scales"] / d["fp8"] < 4 / 128**2 * 1.2  # one fp32 per 128x128 block
@@ -381,4 +382,6 @@ def test_readme_table_is_current(big):
     from dsa.bench import plan_table
 
     table = plan_table.markdown_table(big)
-    assert table in (Path(__file__).resolve().parents[2] / "README.md").read_text(), "regenerate: .venv/bin/python -m dsa.bench.plan_table"
+    assert table in (Path(__file__).resolve().parents[2] / "README.md").read_text(), (
+        "regenerate: .venv/bin/python -m dsa.bench.plan_table"
+    )

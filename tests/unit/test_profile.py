@@ -39,7 +39,9 @@ def test_family_facts():
     assert load_profile("h100").memory_gb == 80 and load_profile("h20").memory_gb == 96
     assert load_profile("b200").arch == "sm100"
     a100, rtx = load_profile("a100"), load_profile("rtx-pro-6000")
-    assert (a100.arch, a100.memory_gb, a100.fp8_format, a100.weights, a100.kv_cache.dtype) == ("sm80", 80, "none", "bf16", "bf16")
+    assert (a100.arch, a100.memory_gb, a100.fp8_format, a100.weights, a100.kv_cache.dtype) == (
+        "sm80", 80, "none", "bf16", "bf16"
+    )
     assert (rtx.arch, rtx.memory_gb, rtx.fp8_format) == ("sm120", 96, "e4m3fn")
     for p in (a100, rtx):  # no vendor kernel applies: triton first, torch behind it
         assert all(v == ("triton", "torch") for v in p.providers.values())
@@ -56,7 +58,9 @@ def test_family_facts():
     assert (a3.devices_per_node, a3.layout.dp_attention, a3.layout.tp, a3.layout.ep) == (16, 2, 8, 16)
     assert load_profile("ascend-a2").layout.nodes == 2
     cpu = load_profile("cpu")
-    assert (cpu.platform, cpu.arch, cpu.devices_per_node, cpu.collective, cpu.weights) == ("cpu", "cpu", 1, "gloo", "bf16")
+    assert (cpu.platform, cpu.arch, cpu.devices_per_node, cpu.collective, cpu.weights) == (
+        "cpu", "cpu", 1, "gloo", "bf16"
+    )
     assert (cpu.kv_cache.dtype, cpu.kv_cache.page_size) == ("bf16", 16)
     assert all(v == ("torch",) for v in cpu.providers.values())
 
