@@ -7,10 +7,9 @@ vendor import; the adapters combine them. Everything here is exact (no rounding)
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -18,21 +17,7 @@ from torch import Tensor
 LN2 = math.log(2.0)
 
 
-# ---------------------------------------------------------------- vendor libraries
-
-
-def import_reason(load: Callable[[str], object], module: str) -> Optional[str]:
-    """None when `load(module)` works, else "<module> not importable: <error>" (for supported())."""
-    try:
-        load(module)
-    except Exception as err:  # ImportError, or a vendor library that needs a driver to import
-        return f"{module} not importable: {type(err).__name__}: {err}"
-    return None
-
-
-def import_module(module: str):
-    """The real import (what each backend's `vendor.load` does outside tests)."""
-    return importlib.import_module(module)
+# ---------------------------------------------------------------- vendor functions
 
 
 def accepts(fn: Callable, name: str) -> Optional[bool]:
@@ -45,36 +30,6 @@ def accepts(fn: Callable, name: str) -> Optional[bool]:
     if name in params:
         return True
     return True if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else False
-
-
-def register_adapter(ops: Mapping[str, tuple[Callable, Callable]], name: str, backend: str,
-                     target_reason: Callable[..., Optional[str]]) -> None:
-    """Register `name` for each op in ops = {op: (fn, args_reason)}.
-
-    target_reason(target, op=op) says whether the plan's target suits the op (None = yes);
-    args_reason(*args) whether one call's arguments do (None = yes, else the next provider runs).
-    """
-    from dsa.hal.registry import register
-
-    for op, (fn, args_reason) in ops.items():
-        register(op, name, fn, backend=backend, supported=lambda target, op=op: target_reason(target, op=op),
-                 supports_args=args_reason)
-
-
-def register_unavailable(ops: Iterable[str], name: str, backend: str, reason: str) -> None:
-    """Register `name` for `ops` as a provider that never runs, saying why.
-
-    For ops a profile lists a vendor under although the vendor has nothing for them (DeepGEMM has no
-    activation-quantisation kernel; Ascend A2 / A3 have no fp8): the plan and the conformance suite
-    then show this reason instead of "not installed", and the next provider in the list runs.
-    """
-    from dsa.hal.registry import register
-
-    def unavailable(*_args):
-        raise NotImplementedError(f"{name}: {reason}")
-
-    for op in ops:
-        register(op, name, unavailable, backend=backend, supported=lambda _t: reason, supports_args=lambda *_a: reason)
 
 
 # ---------------------------------------------------------------- shapes
@@ -209,7 +164,7 @@ FNUZ_SCALE = 2.0  # multiply every scale of a converted tensor by this
 
 
 __all__ = [
-    "register_unavailable", "import_reason", "import_module", "accepts", "ceil_to", "padded_heads", "head_chunks", "pad_dim",
+    "accepts", "ceil_to", "padded_heads", "head_chunks", "pad_dim",
     "valid_first", "prefill_valid", "decode_valid", "logical_to_slots", "empty_rows_to_convention",
     "lse_base2_to_natural", "e4m3fn_to_fnuz", "FNUZ_SCALE", "LN2",
 ]

@@ -6,7 +6,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from dsa.hal.library import hal_op
+from dsa.hal.library import hal_op, num_blocks
+
+FP8 = torch.float8_e4m3fn
 
 
 def _fake(x: Tensor, x_scale: Optional[Tensor], w: Tensor, w_scale: Optional[Tensor], m_sizes: Tensor, provider: str):
@@ -32,3 +34,34 @@ def grouped_gemm(
     Returns y [M, N]: x.dtype for float inputs, bf16 for fp8 inputs; fp32 accumulation.
     """
     raise NotImplementedError
+
+
+def args_reason(x: Tensor, x_scale: Optional[Tensor], w: Tensor, w_scale: Optional[Tensor],
+                m_sizes: Tensor) -> Optional[str]:
+    """Why the arguments break the contract's shape and dtype rules (None: they keep them), shared by
+    every provider. No device sync: what m_sizes holds is not read."""
+    if x.dim() != 2 or w.dim() != 3 or m_sizes.dim() != 1:
+        return (f"expected x [M, K], w [E, N, K], m_sizes [E]; got "
+                f"{tuple(x.shape)}, {tuple(w.shape)}, {tuple(m_sizes.shape)}")
+    if w.shape[2] != x.shape[1] or m_sizes.shape[0] != w.shape[0]:
+        return f"x {tuple(x.shape)}, w {tuple(w.shape)} and m_sizes {tuple(m_sizes.shape)} disagree"
+    if m_sizes.dtype not in (torch.int32, torch.int64):
+        return f"m_sizes must be int32 / int64, got {m_sizes.dtype}"
+    if (x.dtype == FP8) != (w.dtype == FP8):
+        return f"x is {x.dtype} but w is {w.dtype}: both or neither must be fp8"
+    if x.dtype == FP8:
+        if x_scale is None or w_scale is None:
+            return "fp8 inputs need both x_scale and w_scale"
+        (M, K), (E, N, _) = x.shape, w.shape
+        x_blocks, w_blocks = (M, num_blocks(K)), (E, num_blocks(N), num_blocks(K))
+        if tuple(x_scale.shape) != x_blocks or tuple(w_scale.shape) != w_blocks:
+            return (f"x_scale {tuple(x_scale.shape)} / w_scale {tuple(w_scale.shape)} should be "
+                    f"{x_blocks} / {w_blocks} (1x128 and 128x128 blocks)")
+    return None
+
+
+def check_args(x: Tensor, x_scale: Optional[Tensor], w: Tensor, w_scale: Optional[Tensor], m_sizes: Tensor) -> None:
+    """`args_reason` as a ValueError (for providers that raise on arguments outside the contract)."""
+    reason = args_reason(x, x_scale, w, w_scale, m_sizes)
+    if reason:
+        raise ValueError(f"grouped_gemm: {reason}")

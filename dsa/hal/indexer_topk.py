@@ -1,6 +1,8 @@
 """HAL op `indexer_topk`: lightning-indexer scores and the top-k key positions per query."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -32,3 +34,28 @@ def indexer_topk(
     tie-break between equal scores are unspecified: compare results as sets (docs/model-and-ops.md 7).
     """
     raise NotImplementedError
+
+
+def args_reason(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor,
+                topk: int) -> Optional[str]:
+    """Why the arguments break the contract's shape rules (None: they keep them), shared by every provider."""
+    if q.dim() != 3 or k.dim() != 2:
+        return f"expected q [T, H, D] and k [S, D], got q {tuple(q.shape)}, k {tuple(k.shape)}"
+    T, H, D = q.shape
+    S = k.shape[0]
+    if k.shape[1] != D:
+        return f"q head dim {D} != k dim {k.shape[1]}"
+    if tuple(weights.shape) != (T, H) or tuple(k_scale.shape) != (S,):
+        return f"weights {tuple(weights.shape)} / k_scale {tuple(k_scale.shape)} should be {(T, H)} / {(S,)}"
+    if tuple(starts.shape) != (T,) or tuple(ends.shape) != (T,):
+        return f"starts / ends must be [T={T}], got {tuple(starts.shape)} / {tuple(ends.shape)}"
+    if topk < 0:
+        return f"topk must be >= 0, got {topk}"
+    return None
+
+
+def check_args(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> None:
+    """`args_reason` as a ValueError (for providers that raise on arguments outside the contract)."""
+    reason = args_reason(q, weights, k, k_scale, starts, ends, topk)
+    if reason:
+        raise ValueError(f"indexer_topk: {reason}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dsa.hal import kv_format
 from dsa.hal.library import hal_op
 
 
@@ -55,3 +56,10 @@ def check_args(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tenso
                          f"block_table {tuple(block_table.shape)}, seq_lens {tuple(seq_lens.shape)}")
     if not 0 < d_v <= D:
         raise ValueError(f"sparse_mla_decode: d_v={d_v} must be in (0, {D}]")
+    if kv_cache.dtype == torch.uint8:
+        width = kv_format.packed_bytes(d_v, D - d_v)
+        if kv_cache.shape[-1] != width:
+            raise ValueError(f"sparse_mla_decode: packed fp8 cache rows are {kv_cache.shape[-1]} bytes, but q "
+                             f"(D={D}, d_v={d_v}) needs {width}")
+    elif kv_cache.shape[-1] != D:
+        raise ValueError(f"sparse_mla_decode: cache head dim {kv_cache.shape[-1]} != q head dim {D}")

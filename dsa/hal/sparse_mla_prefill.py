@@ -31,3 +31,14 @@ def sparse_mla_prefill(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, 
     Accumulation in fp32 at least.
     """
     raise NotImplementedError
+
+
+def check_args(q: Tensor, kv: Tensor, indices: Tensor, d_v: int) -> None:
+    """The contract's shape rules, shared by every provider: a ValueError naming the mismatch."""
+    if q.dim() != 3 or kv.dim() != 3 or kv.shape[1] != 1 or indices.dim() != 2:
+        raise ValueError(f"sparse_mla_prefill: expected q [T, H, D], kv [S, 1, D], indices [T, K]; got "
+                         f"{tuple(q.shape)}, {tuple(kv.shape)}, {tuple(indices.shape)}")
+    T, _, D = q.shape
+    if kv.shape[2] != D or indices.shape[0] != T or not 0 < d_v <= D:
+        raise ValueError(f"sparse_mla_prefill: inconsistent shapes q {tuple(q.shape)}, kv {tuple(kv.shape)}, "
+                         f"indices {tuple(indices.shape)}, d_v {d_v}")

@@ -65,35 +65,44 @@ def test_missing_library_is_the_reason():
     assert reason.startswith("flash_mla not importable:")
     assert registry.get("grouped_gemm", "deepgemm").supported(t).startswith("deep_gemm not importable:")
     q, kv, idx = common.prefill_case(2, 4, 8, 4, 0)
-    assert flashmla.prefill_args_reason(q, kv, idx, 1.0, 512).startswith("flash_mla not importable:")
+    why = registry.get("sparse_mla_prefill", "flashmla").supports_args(q, kv, idx, 1.0, 512)
+    assert why.startswith("flash_mla not importable:")
 
 
 @pytest.mark.parametrize("kw,decode,expect", [
     ({}, True, None),
     ({"arch": "sm100", "heads": 128}, True, None),
     ({"heads": 3}, False, None),  # any head count: padded
-    ({"arch": "sm80"}, False, "SM90 and SM100"),
-    ({"arch": "sm120"}, True, "SM90 and SM100"),
-    ({"platform": "rocm", "arch": "gfx942"}, False, "CUDA"),
-    ({"kv": "bf16"}, True, "fp8 cache"),
+    ({"arch": "sm80"}, False, "needs arch sm90 or sm100 (this plan: sm80)"),
+    ({"arch": "sm120"}, True, "needs arch sm90 or sm100 (this plan: sm120)"),
+    ({"platform": "rocm", "arch": "gfx942"}, False, "needs platform cuda (this plan: rocm)"),
+    ({"kv": "bf16"}, True, "needs kv cache dtype fp8 (this plan: bf16)"),
     ({"kv": "bf16"}, False, None),  # prefill takes bf16 kv whatever the cache is
-    ({"page": 16}, True, "64-token pages"),
+    ({"page": 16}, True, "needs page size 64 (this plan: 16)"),
 ])
 def test_flashmla_target_reasons(fakes, kw, decode, expect):
-    reason = flashmla.target_reason(common.target(**kw), decode=decode)
-    assert reason is None if expect is None else expect in reason
+    op = "sparse_mla_decode" if decode else "sparse_mla_prefill"
+    assert registry.get(op, "flashmla").supported(common.target(**kw)) == expect
 
 
 @pytest.mark.parametrize("kw,op,expect", [
     ({}, "indexer_topk", None),
     ({"arch": "sm100"}, "grouped_gemm", None),
-    ({"arch": "sm89"}, "fp8_linear", "SM90 and SM100"),
-    ({"fp8_format": "e4m3fnuz"}, "grouped_gemm", "e4m3fn"),
-    ({"index_heads": 128}, "indexer_topk", "64 index heads"),
+    ({"arch": "sm89"}, "fp8_linear", "needs arch sm90 or sm100 (this plan: sm89)"),
+    ({"fp8_format": "e4m3fnuz"}, "grouped_gemm", "needs fp8 format e4m3fn (this plan: e4m3fnuz)"),
+    ({"index_heads": 128}, "indexer_topk", "needs at most 64 index heads (this plan: 128)"),
+    ({"index_heads": 128}, "grouped_gemm", None),  # only the indexer has the head limit
 ])
 def test_deepgemm_target_reasons(fakes, kw, op, expect):
-    reason = deepgemm.target_reason(common.target(**kw), op=op)
-    assert reason is None if expect is None else expect in reason
+    assert registry.get(op, "deepgemm").supported(common.target(**kw)) == expect
+
+
+def test_declarations_are_next_to_the_adapters():
+    """The registered providers carry the adapters' own declarations (what `dsa plan` reasons from)."""
+    assert registry.get("sparse_mla_prefill", "flashmla").requires is flashmla.PREFILL
+    assert registry.get("sparse_mla_decode", "flashmla").requires is flashmla.DECODE
+    assert registry.get("indexer_topk", "deepgemm").requires is deepgemm.INDEXER
+    assert flashmla.DECODE.page_sizes == (flashmla.PAGE,) and deepgemm.INDEXER.max_index_heads == deepgemm.INDEX_HEADS
 
 
 def test_args_reasons(fakes):

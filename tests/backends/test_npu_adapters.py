@@ -48,18 +48,19 @@ def test_torch_npu_is_never_imported_by_the_package():
 @pytest.mark.parametrize("soc,kw,op,expect", [
     (223, {}, "sparse_mla_decode", None),
     (253, {"arch": "ascend910_93"}, "indexer_topk", None),
-    (253, {}, "grouped_gemm", "ascend910_93, the target is ascend910b"),  # an A3 machine, an A2 profile
-    (223, {"arch": "ascend310p"}, "grouped_gemm", "A2"),
-    (223, {"kv": "fp8"}, "sparse_mla_decode", "no fp8"),
-    (223, {"page": 100}, "sparse_mla_decode", "multiple of 16"),
-    (223, {"page": 2048}, "sparse_mla_decode", "up to 1024"),
-    (223, {"index_heads": 128}, "indexer_topk", "64 index heads"),
-    (223, {"platform": "cuda", "arch": "sm90"}, "indexer_topk", "Ascend"),
+    (253, {}, "grouped_gemm", "this machine's NPU is ascend910_93, the target is ascend910b"),  # A3 machine, A2 profile
+    (223, {"arch": "ascend310p"}, "grouped_gemm", "needs arch ascend910b or ascend910_93 (this plan: ascend310p)"),
+    (223, {"kv": "fp8"}, "sparse_mla_decode", "needs kv cache dtype bf16 (this plan: fp8)"),
+    (223, {"kv": "fp8"}, "sparse_mla_prefill", None),  # prefill takes the bf16 kv, whatever the cache is
+    (223, {"page": 100}, "sparse_mla_decode", "needs page size a multiple of 16 up to 1024 (this plan: 100)"),
+    (223, {"page": 2048}, "sparse_mla_decode", "needs page size a multiple of 16 up to 1024 (this plan: 2048)"),
+    (223, {"page": 1024}, "sparse_mla_decode", None),
+    (223, {"index_heads": 128}, "indexer_topk", "needs at most 64 index heads (this plan: 128)"),
+    (223, {"platform": "cuda", "arch": "sm90"}, "indexer_topk", "needs platform npu (this plan: cuda)"),
 ])
 def test_target_reasons(fakes, soc, kw, op, expect):
     fakes(soc)
-    reason = cann.target_reason(npu_target(**kw), op=op)
-    assert reason is None if expect is None else expect in reason
+    assert registry.get(op, "npu").supported(npu_target(**kw)) == expect
 
 
 def test_indexer_args_reasons(fakes):

@@ -54,23 +54,38 @@ def test_not_imported_and_missing_library_reason():
 @pytest.mark.parametrize("kw,op,expect", [
     ({}, "sparse_mla_decode", None),
     ({"arch": "gfx950", "fp8_format": "e4m3fn", "page": 16}, "sparse_mla_decode", None),  # any page size
-    ({"arch": "gfx950"}, "indexer_topk", "e4m3fn"),  # gfx950 is OCP fp8
-    ({"fp8_format": "e4m3fn"}, "grouped_gemm", "e4m3fnuz"),  # gfx942 is fnuz
-    ({"arch": "gfx90a"}, "grouped_gemm", "gfx942"),
-    ({"platform": "cuda", "arch": "sm90"}, "indexer_topk", "ROCm"),
-    ({"kv": "fp8"}, "sparse_mla_decode", "bf16 cache"),
+    ({"arch": "gfx950"}, "indexer_topk",  # gfx950 is OCP fp8
+     "fp8 format e4m3fnuz needs arch gfx942 (this plan: gfx950, which takes e4m3fn)"),
+    ({"fp8_format": "e4m3fn"}, "grouped_gemm",  # gfx942 is fnuz
+     "fp8 format e4m3fn needs arch gfx950 (this plan: gfx942, which takes e4m3fnuz)"),
+    ({"fp8_format": "none"}, "fp8_linear", "needs fp8 format e4m3fnuz on gfx942 (this plan: none)"),
+    ({"arch": "gfx90a"}, "grouped_gemm", "needs arch gfx942 or gfx950 (this plan: gfx90a)"),
+    ({"platform": "cuda", "arch": "sm90"}, "indexer_topk", "needs platform rocm (this plan: cuda)"),
+    ({"kv": "fp8"}, "sparse_mla_decode", "needs kv cache dtype bf16 (this plan: fp8)"),
     ({"kv": "fp8"}, "sparse_mla_prefill", None),
 ])
 def test_target_reasons(fakes, kw, op, expect):
-    reason = aiter.target_reason(rocm_target(**kw), op=op)
-    assert reason is None if expect is None else expect in reason
+    assert registry.get(op, "aiter").supported(rocm_target(**kw)) == expect
+
+
+def test_missing_submodule_is_the_reason(monkeypatch):
+    """Each op declares the AITER modules it calls: one that does not import rejects that op only."""
+    mods = fake_aiter.modules()
+    del mods["aiter.ops.topk"]
+    monkeypatch.setattr(vendor, "load", loader(mods))
+    assert registry.get("indexer_topk", "aiter").supported(rocm_target()).startswith("aiter.ops.topk not importable:")
+    assert registry.get("sparse_mla_prefill", "aiter").supported(rocm_target()) is None
+    for path in aiter.MOE_OP:
+        mods.pop(path, None)
+    why = registry.get("grouped_gemm", "aiter").supported(rocm_target())
+    assert why.startswith(f"{aiter.MOE_OP[0]} not importable (") and aiter.MOE_OP[1] in why  # both paths tried
 
 
 def test_old_mla_without_lse_is_rejected(fakes, monkeypatch):
     mods = fake_aiter.modules()
     mods["aiter.mla"].mla_decode_fwd = lambda q, kv_buffer, o, qo_indptr, kv_indptr, kv_indices, kv_last_page_lens, max_seqlen_q, page_size=1, nhead_kv=1, sm_scale=None: None
     monkeypatch.setattr(vendor, "load", loader(mods))
-    assert "return_lse" in aiter.target_reason(rocm_target(), op="sparse_mla_prefill")
+    assert "return_lse" in registry.get("sparse_mla_prefill", "aiter").supported(rocm_target())
 
 
 def test_fnuz_conversion_is_exact():

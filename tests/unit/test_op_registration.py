@@ -1,12 +1,17 @@
 """Every HAL op is a well-formed torch custom op: schema, fake (meta) kernel and AOT tracing agree
 with the real kernel (torch.library.opcheck), so the model stays one opaque graph for torch.compile
 and torch.export. Run with the portable provider; a vendor provider is checked the same way with
-`pytest tests/unit/test_op_registration.py` on its hardware after changing PROVIDER."""
+`pytest tests/unit/test_op_registration.py` on its hardware after changing PROVIDER. Also: every
+provider every backend registers declares what it needs (dsa.hal.capability.Requires)."""
+import importlib
+import importlib.util
+
 import pytest
 import torch
 
 import dsa.hal as ops
 from dsa.hal import kv_format, registry
+from dsa.hal.capability import Requires
 
 PROVIDER = "torch"
 
@@ -80,3 +85,22 @@ def test_compiled_call_equals_eager(op):
     got = compiled(*CASES[op])
     for a, b in zip(eager if isinstance(eager, tuple) else (eager,), got if isinstance(got, tuple) else (got,)):
         assert torch.equal(a, b)
+
+
+def test_every_backend_provider_declares_its_requirements(monkeypatch):
+    """Each backend package, imported afresh into an empty registry, registers only declared providers.
+    (Afresh: a test elsewhere may have re-registered a provider without its declaration.)"""
+    fresh = {op: {} for op in registry.OPS}
+    monkeypatch.setattr(registry, "_PROVIDERS", fresh)
+    packages = sorted(set(registry.KNOWN_PROVIDERS.values()))
+    for package in packages:
+        importlib.reload(importlib.import_module(package))
+    found = [p for by_name in fresh.values() for p in by_name.values()]
+    expected = {"torch", "cuda", "rocm", "npu"} | ({"triton"} if importlib.util.find_spec("triton") else set())
+    assert {p.backend for p in found} == expected
+    undeclared = [f"{p.backend}: {p.op}/{p.name}" for p in found if not isinstance(p.requires, Requires)]
+    assert not undeclared, f"providers registered without requires=Requires(...): {undeclared}"
+    # every provider either runs (an implementation) or is a placeholder that says why it never does
+    anywhere = registry.Target("cuda", "sm90", "e4m3fn", "fp8", 64, 128, 64)
+    for p in found:
+        assert callable(p.fn) and (p.requires.unavailable is None or p.supported(anywhere) == p.requires.unavailable)

@@ -82,16 +82,29 @@ def _target(platform="cuda", arch="sm90", kv="fp8", heads=128):
     return Target(platform, arch, "e4m3fn", kv, 64, heads, 64)
 
 
-def test_declared_support(tsm):
-    assert tsm.supported(_target()) is None
-    assert tsm.supported(_target("rocm", "gfx942", "bf16")) is None
-    assert tsm.supported(_target("cuda", "sm120", "fp8", 16)) is None
-    assert tsm.supported(_target("cuda", "sm80", "bf16", 7)) is None
-    assert "CUDA or ROCm GPU" in tsm.supported(_target("cpu", "cpu", "bf16"))
-    assert "TRITON_INTERPRET=1" in tsm.supported(_target("npu", "ascend910b", "bf16"))
-    assert "sm89" in tsm.supported(_target("cuda", "sm80", "fp8"))
-    assert "sm80 or newer" in tsm.supported(_target("cuda", "sm75", "bf16"))
-    assert "gfx906" in tsm.supported(_target("rocm", "gfx906", "bf16"))
+@pytest.mark.parametrize("op", ["sparse_mla_prefill", "sparse_mla_decode"])
+def test_declared_support(tsm, op):
+    from dsa.hal import registry
+
+    provider = registry.get(op, "triton")
+    assert provider.requires is tsm.SPARSE_MLA
+    supported = provider.supported
+    assert supported(_target()) is None
+    assert supported(_target("rocm", "gfx942", "bf16")) is None
+    assert supported(_target("rocm", "gfx942", "fp8")) is None
+    assert supported(_target("cuda", "sm120", "fp8", 16)) is None
+    assert supported(_target("cuda", "sm89", "fp8")) is None
+    assert supported(_target("cuda", "sm80", "bf16", 7)) is None
+    assert supported(_target("cpu", "cpu", "bf16")) == "needs platform cuda or rocm (this plan: cpu)"
+    assert supported(_target("npu", "ascend910b", "bf16")) == "needs platform cuda or rocm (this plan: npu)"
+    assert supported(_target("cuda", "sm80", "fp8")) == \
+        "kv cache dtype fp8 needs arch sm89 or newer (this plan: sm80, which takes bf16)"
+    assert supported(_target("cuda", "sm75", "bf16")) == "needs arch sm80 or newer (this plan: sm75)"
+    assert "(this plan: gfx906)" in supported(_target("rocm", "gfx906", "bf16"))
+    assert "sm80" not in supported(_target("rocm", "gfx906", "bf16"))  # only the archs of the plan's platform
+
+
+def test_declared_args(tsm):
 
     g = rng(1)
     q, kv = randn((2, 4, 160), g, torch.bfloat16), randn((5, 1, 160), g, torch.bfloat16)

@@ -15,29 +15,37 @@ runs skip them with that reason). "tilelang" (which dsa.hal.registry also assign
 the ops profiles list it under with the reason "not installed: no TileLang kernel is wrapped in
 dsa.backends.cuda yet"; deepgemm for act_quant likewise says DeepGEMM has no such kernel.
 
+What each provider needs of the target (module, arch, fp8 format, cache, page size, index heads) is
+declared next to its adapter (flashmla.PREFILL / DECODE, deepgemm.GEMM / INDEXER: dsa.hal.capability);
+the plan's rejection reasons are generated from those declarations.
+
 How each HAL argument is translated: dsa/backends/cuda/flashmla.py and deepgemm.py (module docstrings);
 the shared translations: backends/adapt.py. CPU tests with documented-semantics stand-ins for the
 vendor functions: tests/backends/test_cuda_adapters.py.
 """
 from __future__ import annotations
 
-from dsa.backends.adapt import register_adapter, register_unavailable
 from dsa.backends.cuda import deepgemm, flashmla
+from dsa.hal.capability import Requires
 from dsa.hal.registry import register
 
 BACKEND = "cuda"
 
 register("sparse_mla_prefill", "flashmla", flashmla.sparse_mla_prefill, backend=BACKEND,
-         supported=lambda t: flashmla.target_reason(t, decode=False), supports_args=flashmla.prefill_args_reason)
+         requires=flashmla.PREFILL, supports_args=flashmla.prefill_args_reason)
 register("sparse_mla_decode", "flashmla", flashmla.sparse_mla_decode, backend=BACKEND,
-         supported=lambda t: flashmla.target_reason(t, decode=True), supports_args=flashmla.decode_args_reason)
-register_adapter({
-    "indexer_topk": (deepgemm.indexer_topk, deepgemm.indexer_args_reason),
-    "grouped_gemm": (deepgemm.grouped_gemm, deepgemm.grouped_args_reason),
-    "fp8_linear": (deepgemm.fp8_linear, deepgemm.linear_args_reason),
-}, "deepgemm", BACKEND, deepgemm.target_reason)
+         requires=flashmla.DECODE, supports_args=flashmla.decode_args_reason)
+register("indexer_topk", "deepgemm", deepgemm.indexer_topk, backend=BACKEND,
+         requires=deepgemm.INDEXER, supports_args=deepgemm.indexer_args_reason)
+register("grouped_gemm", "deepgemm", deepgemm.grouped_gemm, backend=BACKEND,
+         requires=deepgemm.GEMM, supports_args=deepgemm.grouped_args_reason)
+register("fp8_linear", "deepgemm", deepgemm.fp8_linear, backend=BACKEND,
+         requires=deepgemm.GEMM, supports_args=deepgemm.linear_args_reason)
 
-register_unavailable(["act_quant"], "deepgemm", BACKEND,
-                     "DeepGEMM has no activation-quantisation kernel (its GEMMs take already-quantised inputs)")
-register_unavailable(["indexer_topk", "sparse_mla_prefill", "sparse_mla_decode"], "tilelang", BACKEND,
-                     "not installed: no TileLang kernel is wrapped in dsa.backends.cuda yet (FlashMLA / DeepGEMM / Triton serve these ops)")
+# Placeholders: ops CUDA profiles list these providers under, with nothing to run there (the plan shows why).
+register("act_quant", "deepgemm", None, backend=BACKEND, requires=Requires(
+    unavailable="DeepGEMM has no activation-quantisation kernel (its GEMMs take already-quantised inputs)"))
+NO_TILELANG = Requires(unavailable="not installed: no TileLang kernel is wrapped in dsa.backends.cuda yet "
+                                   "(FlashMLA / DeepGEMM / Triton serve these ops)")
+for _op in ("indexer_topk", "sparse_mla_prefill", "sparse_mla_decode"):
+    register(_op, "tilelang", None, backend=BACKEND, requires=NO_TILELANG)

@@ -31,12 +31,14 @@ scales        SM90 takes fp32 scales as they are. SM100 casts fp32 scales to UE8
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from dsa.backends import adapt, vendor
+from dsa.hal.capability import Requires
 
 MODULE = "deep_gemm"
 ARCHS = ("sm90", "sm100")
@@ -45,6 +47,11 @@ INDEX_DIM = 128
 ALIGN = 128  # default get_mk_alignment_for_contiguous_layout()
 LOGITS_BYTES = 1 << 30  # bound on one fp8_mqa_logits call's [T, S] fp32 output
 PAGED_INDEX_PAGE_SM90 = 64  # fp8_paged_mqa_logits' block_kv on SM90 (see paged_index_cache)
+
+# grouped_gemm and fp8_linear: the GEMM kernels are fp8 e4m3fn.
+GEMM = Requires(modules=(MODULE,), platforms=("cuda",), archs=ARCHS, fp8_formats=("e4m3fn",), load=vendor.importer)
+# indexer_topk: the MQA-logits kernels are built for INDEX_HEADS index heads (fewer are zero-padded).
+INDEXER = dataclasses.replace(GEMM, max_index_heads=INDEX_HEADS)
 
 
 def _lib():
@@ -66,28 +73,10 @@ def _exact_scales(name: str, fn, newest: str) -> dict:
     return {"disable_ue8m0_cast": True} if name == newest and adapt.accepts(fn, "disable_ue8m0_cast") is not False else {}
 
 
-# ---------------------------------------------------------------- support checks
-
-
-def target_reason(target, *, op: str) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
-    if target.platform != "cuda":
-        return f"DeepGEMM runs on CUDA GPUs, not {target.platform}"
-    if target.arch not in ARCHS:
-        return f"DeepGEMM is built for SM90 and SM100, not {target.arch}"
-    if target.fp8_format != "e4m3fn":
-        return f"DeepGEMM's kernels are fp8 e4m3fn; this target's fp8 format is {target.fp8_format}"
-    if op == "indexer_topk" and target.index_n_heads > INDEX_HEADS:
-        return f"DeepGEMM's MQA-logits kernels take at most {INDEX_HEADS} index heads, this model has {target.index_n_heads}"
-    return None
+# ---------------------------------------------------------------- per-call checks (after the declaration's module)
 
 
 def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
     if q.dtype != torch.float8_e4m3fn or k.dtype != torch.float8_e4m3fn:
         return f"fp8_mqa_logits takes an fp8 e4m3fn query and keys, got {q.dtype} / {k.dtype}"
     if q.shape[1] > INDEX_HEADS or q.shape[2] != INDEX_DIM:
@@ -96,9 +85,6 @@ def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[
 
 
 def grouped_args_reason(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
     if x.dtype != torch.float8_e4m3fn or w.dtype != torch.float8_e4m3fn:
         return f"DeepGEMM's grouped GEMM here is the fp8 one; got {x.dtype} x {w.dtype}"
     if x.shape[1] % 128:
@@ -107,9 +93,6 @@ def grouped_args_reason(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
 
 
 def linear_args_reason(x, weight, weight_scale_inv, ue8m0) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
     if x.dtype != torch.bfloat16:
         return f"fp8_gemm_nt writes bf16, so it serves bf16 activations only, got {x.dtype}"
     if weight.shape[1] % 128:

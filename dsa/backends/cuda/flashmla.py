@@ -34,6 +34,7 @@ both     A query row with no valid index: out 0 and lse +inf (FlashMLA's convent
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
@@ -42,13 +43,19 @@ from torch import Tensor
 
 from dsa.backends import adapt, vendor
 from dsa.hal import kv_format
+from dsa.hal.capability import Requires
 
 MODULE = "flash_mla"
 HEADS = (64, 128)  # h_q the sparse kernels are built for (prefill and decode)
 TOPK_TILE = 128  # index rows are padded with -1 to a multiple of this
 PAGE = 64  # FlashMLA's paged-cache block size (page_block_size)
 D_V, D_ROPE = 512, 64  # the V3.2 shapes the sparse kernels are built for (d_qk = 576)
-ARCHS = ("sm90", "sm100")
+ARCHS = ("sm90", "sm100")  # no upstream sparse kernel for SM80 / SM120
+
+# Any head count: padded to 64 / 128, chunked above 128 (SM100 prefill: 128 only, see _prefill_heads).
+PREFILL = Requires(modules=(MODULE,), platforms=("cuda",), archs=ARCHS, load=vendor.importer)
+# Sparse decode reads only the 656-byte fp8 cache (kv_cache.dtype: fp8), in FlashMLA's 64-token pages.
+DECODE = dataclasses.replace(PREFILL, kv_cache_dtypes=("fp8",), page_sizes=(PAGE,))
 
 
 def _lib():
@@ -68,24 +75,7 @@ def _prefill_lse_is_base2(fn) -> bool:
     return "2-based" in (getattr(fn, "__doc__", None) or "")
 
 
-# ---------------------------------------------------------------- support checks
-
-
-def target_reason(target, *, decode: bool) -> Optional[str]:
-    """Why FlashMLA's sparse kernels cannot serve this target (None = they can)."""
-    why = vendor.reason(MODULE)
-    if why:
-        return why
-    if target.platform != "cuda":
-        return f"FlashMLA runs on CUDA GPUs, not {target.platform}"
-    if target.arch not in ARCHS:
-        return f"FlashMLA's sparse kernels are built for SM90 and SM100, not {target.arch} (no upstream sparse kernel for SM80 / SM120)"
-    if decode:
-        if target.kv_cache_dtype != "fp8":
-            return "FlashMLA's sparse decode reads only the 656-byte fp8 cache (kv_cache.dtype: fp8); this target keeps a bf16 cache"
-        if target.page_size != PAGE:
-            return f"FlashMLA's paged cache uses {PAGE}-token pages; this target uses {target.page_size}"
-    return None  # any head count: padded to 64 / 128, chunked above 128
+# ---------------------------------------------------------------- per-call checks (after the declaration's module)
 
 
 def _shape_reason(q: Tensor, d_v: int) -> Optional[str]:
@@ -97,7 +87,7 @@ def _shape_reason(q: Tensor, d_v: int) -> Optional[str]:
 
 
 def prefill_args_reason(q, kv, indices, sm_scale, d_v) -> Optional[str]:
-    why = vendor.reason(MODULE) or _shape_reason(q, d_v)
+    why = _shape_reason(q, d_v)
     if why:
         return why
     if kv.dtype != torch.bfloat16:
@@ -106,7 +96,7 @@ def prefill_args_reason(q, kv, indices, sm_scale, d_v) -> Optional[str]:
 
 
 def decode_args_reason(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v) -> Optional[str]:
-    why = vendor.reason(MODULE) or _shape_reason(q, d_v)
+    why = _shape_reason(q, d_v)
     if why:
         return why
     token_bytes = kv_format.packed_bytes(D_V, D_ROPE)

@@ -13,20 +13,23 @@ registered with that reason, so a profile listing npu for them falls through to 
 """
 from __future__ import annotations
 
-from dsa.backends.adapt import register_adapter, register_unavailable
 from dsa.backends.npu import cann
+from dsa.hal.capability import Requires
+from dsa.hal.registry import register
 
 BACKEND = "npu"
 NAME = "npu"
 
-_OPS = {
-    "indexer_topk": (cann.indexer_topk, cann.indexer_args_reason),
-    "sparse_mla_prefill": (cann.sparse_mla_prefill, cann.prefill_args_reason),
-    "sparse_mla_decode": (cann.sparse_mla_decode, cann.decode_args_reason),
-    "grouped_gemm": (cann.grouped_gemm, cann.grouped_args_reason),
-}
+register("indexer_topk", NAME, cann.indexer_topk, backend=BACKEND, requires=cann.INDEXER,
+         supported=cann.machine_reason, supports_args=cann.indexer_args_reason)
+register("sparse_mla_prefill", NAME, cann.sparse_mla_prefill, backend=BACKEND, requires=cann.REQUIRES,
+         supported=cann.machine_reason, supports_args=cann.prefill_args_reason)
+register("sparse_mla_decode", NAME, cann.sparse_mla_decode, backend=BACKEND, requires=cann.DECODE,
+         supported=cann.machine_reason, supports_args=cann.decode_args_reason)
+register("grouped_gemm", NAME, cann.grouped_gemm, backend=BACKEND, requires=cann.REQUIRES,
+         supported=cann.machine_reason, supports_args=cann.grouped_args_reason)
 
-register_adapter(_OPS, NAME, BACKEND, cann.target_reason)
-
-register_unavailable(["act_quant", "fp8_linear"], NAME, BACKEND,
-                     "Ascend A2 / A3 have no fp8 (weights are bf16 there; W8A8 int8 is not wired)")
+# Placeholders for profiles that list npu under the fp8 ops: the plan shows why they never run.
+NO_FP8 = Requires(unavailable="Ascend A2 / A3 have no fp8 (weights are bf16 there; W8A8 int8 is not wired)")
+for _op in ("act_quant", "fp8_linear"):
+    register(_op, NAME, None, backend=BACKEND, requires=NO_FP8)

@@ -45,12 +45,14 @@ family        A2 (910B) vs A3 (910C) comes from torch_npu.npu.get_soc_version() 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from dsa.backends import adapt, vendor
+from dsa.hal.capability import Requires
 from dsa.hal.target import ascend_arch
 
 MODULE = "torch_npu"
@@ -61,42 +63,30 @@ SFA_HEADS = (1, 2, 4, 8, 16, 32, 64, 128)
 D_V, D_ROPE = 512, 64
 HALF = (torch.bfloat16, torch.float16)
 
+# Every op: torch_npu importable, an A2 / A3 target (and `machine_reason`: this machine's NPU is that one).
+REQUIRES = Requires(modules=(MODULE,), platforms=("npu",), archs=ARCHS, load=vendor.importer)
+# Sparse decode: no fp8 on A2 / A3, so a bf16 cache; CANN sparse attention pages are multiples of 16 up to 1024.
+DECODE = dataclasses.replace(REQUIRES, kv_cache_dtypes=("bf16",), page_sizes=range(16, 1025, 16))
+INDEXER = dataclasses.replace(REQUIRES, max_index_heads=INDEX_HEADS)  # npu_lightning_indexer: <= 64 heads
+
 
 def _lib():
     return vendor.load(MODULE)
 
 
-# ---------------------------------------------------------------- support checks
+# ---------------------------------------------------------------- checks beyond the declarations; per-call checks
 
 
-def target_reason(target, *, op: str) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
-    if target.platform != "npu":
-        return f"torch_npu runs on Ascend NPUs, not {target.platform}"
-    if target.arch not in ARCHS:
-        return f"the CANN DSA ops are for Ascend A2 (ascend910b) and A3 (ascend910_93), not {target.arch}"
+def machine_reason(target) -> Optional[str]:
+    """Beyond the declaration: the NPU of this machine (when one answers) is the target's A2 / A3."""
     try:
         here = ascend_arch(int(_lib().npu.get_soc_version()))
     except Exception:  # no device to ask: the profile's word stands
-        here = None
-    if here is not None and here != target.arch:
-        return f"this machine's NPU is {here}, the target is {target.arch}"
-    if op in ("sparse_mla_prefill", "sparse_mla_decode"):
-        if op == "sparse_mla_decode" and target.kv_cache_dtype != "bf16":
-            return "Ascend A2 / A3 have no fp8: the sparse attention op reads a bf16 cache"
-        if op == "sparse_mla_decode" and (target.page_size % 16 or not 16 <= target.page_size <= 1024):
-            return f"CANN sparse attention takes pages of a multiple of 16 tokens up to 1024, not {target.page_size}"
-    if op == "indexer_topk" and target.index_n_heads > INDEX_HEADS:
-        return f"npu_lightning_indexer takes at most {INDEX_HEADS} index heads, this model has {target.index_n_heads}"
-    return None
+        return None
+    return f"this machine's NPU is {here}, the target is {target.arch}" if here != target.arch else None
 
 
 def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
     if q.dtype not in HALF or k.dtype != q.dtype:
         return f"npu_lightning_indexer takes bf16 / fp16 query and keys of one dtype (no fp8 on A2 / A3), got {q.dtype} / {k.dtype}"
     if q.shape[1] > INDEX_HEADS or q.shape[2] != INDEX_DIM:
@@ -109,9 +99,6 @@ def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[
 
 
 def _sfa_args(q: Tensor, kv_dtype, d_v: int) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
     if q.dtype not in HALF or kv_dtype != q.dtype:
         return f"npu_sparse_flash_attention takes a bf16 / fp16 query and cache of one dtype, got {q.dtype} / {kv_dtype}"
     if d_v != D_V or q.shape[-1] != D_V + D_ROPE:
@@ -134,9 +121,6 @@ def decode_args_reason(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_
 
 
 def grouped_args_reason(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
-    why = vendor.reason(MODULE)
-    if why:
-        return why
     if x.dtype not in (torch.bfloat16, torch.float16, torch.float32) or x_scale is not None:
         return f"npu_grouped_matmul here takes bf16 / fp16 / fp32 (no fp8 on Ascend A2 / A3), got {x.dtype}"
     return None

@@ -15,22 +15,25 @@ Details of every translation: dsa/backends/rocm/aiter.py; CPU tests: tests/backe
 """
 from __future__ import annotations
 
-from dsa.backends.adapt import register_adapter, register_unavailable
 from dsa.backends.rocm import aiter
+from dsa.hal.capability import Requires
+from dsa.hal.registry import register
 
 BACKEND = "rocm"
 NAME = "aiter"
 
-_OPS = {
-    "sparse_mla_prefill": (aiter.sparse_mla_prefill, aiter.prefill_args_reason),
-    "sparse_mla_decode": (aiter.sparse_mla_decode, aiter.decode_args_reason),
-    "indexer_topk": (aiter.indexer_topk, aiter.indexer_args_reason),
-    "grouped_gemm": (aiter.grouped_gemm, aiter.grouped_args_reason),
-    "fp8_linear": (aiter.fp8_linear, aiter.linear_args_reason),
-}
+register("sparse_mla_prefill", NAME, aiter.sparse_mla_prefill, backend=BACKEND, requires=aiter.PREFILL,
+         supported=aiter.mla_reason, supports_args=aiter.prefill_args_reason)
+register("sparse_mla_decode", NAME, aiter.sparse_mla_decode, backend=BACKEND, requires=aiter.DECODE,
+         supported=aiter.mla_reason, supports_args=aiter.decode_args_reason)
+register("indexer_topk", NAME, aiter.indexer_topk, backend=BACKEND, requires=aiter.INDEXER,
+         supports_args=aiter.indexer_args_reason)
+register("grouped_gemm", NAME, aiter.grouped_gemm, backend=BACKEND, requires=aiter.GROUPED,
+         supports_args=aiter.grouped_args_reason)
+register("fp8_linear", NAME, aiter.fp8_linear, backend=BACKEND, requires=aiter.LINEAR,
+         supported=aiter.linear_reason, supports_args=aiter.linear_args_reason)
 
-register_adapter(_OPS, NAME, BACKEND, aiter.target_reason)
-
-register_unavailable(["act_quant"], NAME, BACKEND,
-                     "no AITER activation quantiser is wrapped (the HAL's act_quant fixes the scale rule, "
-                     "incl. ue8m0; AITER's per-token-group quantisers are not checked against it)")
+# A placeholder for profiles that list aiter under act_quant: the plan shows why it never runs.
+register("act_quant", NAME, None, backend=BACKEND, requires=Requires(
+    unavailable="no AITER activation quantiser is wrapped (the HAL's act_quant fixes the scale rule, "
+                "incl. ue8m0; AITER's per-token-group quantisers are not checked against it)"))

@@ -47,12 +47,14 @@ fp8           gfx942 (MI300) computes in float8_e4m3fnuz (max 240), gfx950 (MI35
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from dsa.backends import adapt, vendor
+from dsa.hal.capability import Requires
 
 ROOT = "aiter"
 MLA = "aiter.mla"
@@ -65,6 +67,17 @@ D_V, D_ROPE = 512, 64
 MOE_CONFIG = {"BLOCK_SIZE_M": 64, "BLOCK_SIZE_N": 128, "BLOCK_SIZE_K": 128, "GROUP_SIZE_M": 1}
 LOGITS_BYTES = 1 << 30
 
+# What each op needs: AITER (and the op's submodules) importable, an MI300 / MI350 and the fp8 encoding
+# that arch computes in (gfx942: e4m3fnuz, gfx950: OCP e4m3fn).
+LINEAR = Requires(modules=(ROOT,), platforms=("rocm",), archs=ARCHS,
+                  fp8_formats={"e4m3fnuz": ("gfx942",), "e4m3fn": ("gfx950",)}, load=vendor.importer)
+PREFILL = dataclasses.replace(LINEAR, modules=(ROOT, MLA))
+# The MLA decode reads a bf16 cache; the 656-byte fp8 cache needs mla_decode_fwd_ds32 (gfx950 only, fp8
+# query), not wired.
+DECODE = dataclasses.replace(PREFILL, kv_cache_dtypes=("bf16",))
+INDEXER = dataclasses.replace(LINEAR, modules=(ROOT, TOPK, MQA_LOGITS))
+GROUPED = dataclasses.replace(LINEAR, modules=(ROOT, MOE_OP, "triton.language"))
+
 
 def _load_first(names: tuple[str, ...]):
     errors = []
@@ -74,14 +87,6 @@ def _load_first(names: tuple[str, ...]):
         except Exception as err:
             errors.append(f"{name}: {type(err).__name__}: {err}")
     raise ImportError("; ".join(errors))
-
-
-def _reason_first(names: tuple[str, ...]) -> Optional[str]:
-    try:
-        _load_first(names)
-    except ImportError as err:
-        return f"{names[0]} not importable ({err})"
-    return None
 
 
 def _fnuz_device() -> bool:
@@ -95,34 +100,19 @@ def _to_device_fp8(x: Tensor, scale: Tensor, fnuz: bool) -> tuple[Tensor, Tensor
     return adapt.e4m3fn_to_fnuz(x), scale * adapt.FNUZ_SCALE
 
 
-# ---------------------------------------------------------------- support checks
+# ---------------------------------------------------------------- checks beyond the declarations; per-call checks
 
 
-def target_reason(target, *, op: str) -> Optional[str]:
-    why = vendor.reason(ROOT)
-    if why:
-        return why
-    if target.platform != "rocm":
-        return f"AITER runs on ROCm GPUs, not {target.platform}"
-    if target.arch not in ARCHS:
-        return f"AITER's kernels here are for gfx942 (MI300) and gfx950 (MI350), not {target.arch}"
-    expected = "e4m3fnuz" if target.arch == "gfx942" else "e4m3fn"
-    if target.fp8_format != expected:
-        return f"{target.arch} computes fp8 as {expected}, the target says {target.fp8_format}"
-    if op in ("sparse_mla_prefill", "sparse_mla_decode"):
-        why = vendor.reason(MLA)
-        if why:
-            return why
-        if adapt.accepts(vendor.load(MLA).mla_decode_fwd, "return_lse") is False:
-            return "this AITER's mla_decode_fwd cannot return the log-sum-exp (no return_lse): upgrade AITER"
-        if op == "sparse_mla_decode" and target.kv_cache_dtype != "bf16":
-            return ("AITER's MLA decode reads a bf16 cache; the 656-byte fp8 cache needs mla_decode_fwd_ds32 "
-                    "(gfx950 only, fp8 query), not wired")
-    if op == "indexer_topk":
-        return vendor.reason(TOPK) or _reason_first(MQA_LOGITS)
-    if op == "grouped_gemm":
-        return _reason_first(MOE_OP) or vendor.reason("triton.language")
-    if op == "fp8_linear" and getattr(vendor.load(ROOT), "gemm_a8w8_blockscale", None) is None:
+def mla_reason(target) -> Optional[str]:
+    """Beyond the declaration (sparse MLA ops): this AITER's mla_decode_fwd returns the log-sum-exp."""
+    if adapt.accepts(vendor.load(MLA).mla_decode_fwd, "return_lse") is False:
+        return "this AITER's mla_decode_fwd cannot return the log-sum-exp (no return_lse): upgrade AITER"
+    return None
+
+
+def linear_reason(target) -> Optional[str]:
+    """Beyond the declaration (fp8_linear): this AITER has the block-scaled fp8 GEMM."""
+    if getattr(vendor.load(ROOT), "gemm_a8w8_blockscale", None) is None:
         return "this AITER has no gemm_a8w8_blockscale"
     return None
 
@@ -136,17 +126,14 @@ def _mla_args(q: Tensor, kv_dtype, d_v: int) -> Optional[str]:
 
 
 def prefill_args_reason(q, kv, indices, sm_scale, d_v) -> Optional[str]:
-    return vendor.reason(MLA) or _mla_args(q, kv.dtype, d_v)
+    return _mla_args(q, kv.dtype, d_v)
 
 
 def decode_args_reason(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v) -> Optional[str]:
-    return vendor.reason(MLA) or _mla_args(q, kv_cache.dtype, d_v)
+    return _mla_args(q, kv_cache.dtype, d_v)
 
 
 def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
-    why = vendor.reason(TOPK) or _reason_first(MQA_LOGITS)
-    if why:
-        return why
     if q.dtype != torch.float8_e4m3fn or k.dtype != torch.float8_e4m3fn:
         return f"AITER's fp8_mqa_logits takes an fp8 query and keys, got {q.dtype} / {k.dtype}"
     if q.shape[2] & (q.shape[2] - 1):
@@ -157,18 +144,12 @@ def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[
 
 
 def grouped_args_reason(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
-    why = _reason_first(MOE_OP) or vendor.reason("triton.language")
-    if why:
-        return why
     if x.dtype not in (torch.float8_e4m3fn, torch.bfloat16):
         return f"the AITER MoE GEMM writes bf16: fp8 or bf16 inputs only, got {x.dtype}"
     return None
 
 
 def linear_args_reason(x, weight, weight_scale_inv, ue8m0) -> Optional[str]:
-    why = vendor.reason(ROOT)
-    if why:
-        return why
     if x.dtype != torch.bfloat16:
         return f"gemm_a8w8_blockscale writes bf16 here, so it serves bf16 activations only, got {x.dtype}"
     return None

@@ -13,17 +13,11 @@ import torch
 
 from dsa.backends.torch import grouped_gemm, indexer, quant, sparse_mla
 from dsa.hal import kv_format
-from dsa.hal.registry import Target, register
+from dsa.hal.capability import Requires
+from dsa.hal.registry import register
 
 NAME = "torch"
-
-
-def _everywhere(target: Target) -> Optional[str]:
-    return None  # plain PyTorch: every platform, cache format and head count
-
-
-def _any_args(*args) -> Optional[str]:
-    return None
+ANYWHERE = Requires()  # plain PyTorch: every platform, arch, fp8 format, cache format, page size and head count
 
 
 def _decode_args(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v) -> Optional[str]:
@@ -32,18 +26,11 @@ def _decode_args(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v) -> 
     return None
 
 
-def _grouped_args(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
-    return grouped_gemm.unsupported(x, x_scale, w, w_scale, m_sizes)
-
-
-_PROVIDERS = {
-    "act_quant": (quant.act_quant, _any_args),
-    "fp8_linear": (quant.fp8_linear, _any_args),
-    "indexer_topk": (indexer.indexer_topk, _any_args),
-    "sparse_mla_prefill": (sparse_mla.sparse_mla_prefill, _any_args),
-    "sparse_mla_decode": (sparse_mla.sparse_mla_decode, _decode_args),
-    "grouped_gemm": (grouped_gemm.grouped_gemm, _grouped_args),
-}
-
-for _op, (_fn, _args_check) in _PROVIDERS.items():
-    register(_op, NAME, _fn, backend=NAME, supported=_everywhere, supports_args=_args_check)
+# Arguments outside an op's contract raise ValueError in the call (dsa.hal.<op>.check_args).
+register("act_quant", NAME, quant.act_quant, backend=NAME, requires=ANYWHERE)
+register("fp8_linear", NAME, quant.fp8_linear, backend=NAME, requires=ANYWHERE)
+register("indexer_topk", NAME, indexer.indexer_topk, backend=NAME, requires=ANYWHERE)
+register("sparse_mla_prefill", NAME, sparse_mla.sparse_mla_prefill, backend=NAME, requires=ANYWHERE)
+register("sparse_mla_decode", NAME, sparse_mla.sparse_mla_decode, backend=NAME, requires=ANYWHERE,
+         supports_args=_decode_args)
+register("grouped_gemm", NAME, grouped_gemm.grouped_gemm, backend=NAME, requires=ANYWHERE)

@@ -5,27 +5,11 @@ import torch
 from torch import Tensor
 
 from dsa.backends.torch.blocks import fp8_has_nan, fp8_to_float, to_float
+from dsa.hal.indexer_topk import check_args
 
 # Budget for one chunk of queries (~64 MiB): peak memory does not grow with T.
 _CHUNK_BYTES = 64 * 1024 * 1024
 _KEY_CHUNK = 4096  # keys scored at a time (see scores)
-
-
-def _check(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> None:
-    if q.dim() != 3 or k.dim() != 2:
-        raise ValueError(f"indexer_topk: expected q [T, H, D] and k [S, D], got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    T, H, D = q.shape
-    S = k.shape[0]
-    if k.shape[1] != D:
-        raise ValueError(f"indexer_topk: q head dim {D} != k dim {k.shape[1]}")
-    if tuple(weights.shape) != (T, H):
-        raise ValueError(f"indexer_topk: weights has shape {tuple(weights.shape)}, expected {(T, H)}")
-    if tuple(k_scale.shape) != (S,):
-        raise ValueError(f"indexer_topk: k_scale has shape {tuple(k_scale.shape)}, expected {(S,)}")
-    if tuple(starts.shape) != (T,) or tuple(ends.shape) != (T,):
-        raise ValueError(f"indexer_topk: starts / ends must be [T={T}], got {tuple(starts.shape)} / {tuple(ends.shape)}")
-    if topk < 0:
-        raise ValueError(f"indexer_topk: topk must be >= 0, got {topk}")
 
 
 def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
@@ -68,7 +52,7 @@ def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
 
 def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> Tensor:
     """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk."""
-    _check(q, weights, k, k_scale, starts, ends, topk)
+    check_args(q, weights, k, k_scale, starts, ends, topk)
     T, H, _ = q.shape
     S = k.shape[0]
     out = torch.full((T, topk), -1, dtype=torch.int32, device=q.device)

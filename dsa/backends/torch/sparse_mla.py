@@ -15,6 +15,7 @@ from torch import Tensor
 
 from dsa.hal import kv_format
 from dsa.hal.sparse_mla_decode import check_args
+from dsa.hal.sparse_mla_prefill import check_args as check_prefill_args
 
 # Budget for one chunk's temporaries, ~64 MiB: the gathered keys exist about twice (the fetched copy
 # and its fp32 [Rc, K, Dqk] form) plus scores and probabilities.
@@ -143,14 +144,8 @@ def _compact(idx: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
 
 def sparse_mla_prefill(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, d_v: int) -> tuple[Tensor, Tensor]:
     """q [T, H, Dqk], kv [S, 1, Dqk], indices [T, K] -> out [T, H, d_v] (q.dtype), lse [T, H] fp32."""
-    if q.dim() != 3 or kv.dim() != 3 or kv.shape[1] != 1 or indices.dim() != 2:
-        raise ValueError(f"sparse_mla_prefill: expected q [T, H, D], kv [S, 1, D], indices [T, K]; got "
-                         f"{tuple(q.shape)}, {tuple(kv.shape)}, {tuple(indices.shape)}")
-    T, H, D = q.shape
+    check_prefill_args(q, kv, indices, d_v)
     S = kv.shape[0]
-    if kv.shape[2] != D or indices.shape[0] != T or not 0 < d_v <= D:
-        raise ValueError(f"sparse_mla_prefill: inconsistent shapes q {tuple(q.shape)}, kv {tuple(kv.shape)}, "
-                         f"indices {tuple(indices.shape)}, d_v {d_v}")
     # Drop padding columns while the indices are still int32 (a short prompt's rows are mostly -1).
     idx, valid = _compact(indices, (indices >= 0) & (indices < S))  # [T, k], k <= K
     rows = idx.long().masked_fill_(~valid, -1)  # [T, k]
@@ -190,16 +185,10 @@ def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens
     num_blocks, page = kv_cache.shape[:2]
     flat = kv_cache.reshape(num_blocks * page, kv_cache.shape[-1])  # [blocks*page, D or P]
     if kv_cache.dtype == torch.uint8:
-        width = kv_format.packed_bytes(d_v, D - d_v)
-        if flat.shape[-1] != width:
-            raise ValueError(f"sparse_mla_decode: packed fp8 cache rows are {flat.shape[-1]} bytes, but q "
-                             f"(D={D}, d_v={d_v}) needs {width}")
 
         def fetch(ids: Tensor) -> Tensor:
             return kv_format.unpack(flat.index_select(0, ids), d_v, torch.float32)  # only the selected tokens
     else:
-        if flat.shape[-1] != D:
-            raise ValueError(f"sparse_mla_decode: cache head dim {flat.shape[-1]} != q head dim {D}")
 
         def fetch(ids: Tensor) -> Tensor:
             return flat.index_select(0, ids).float()  # a row gather: several times faster than flat[ids] on CPU

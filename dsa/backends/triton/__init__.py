@@ -6,11 +6,12 @@ ROCm without AITER). CI checks the kernels in two ways without a GPU: the confor
 under TRITON_INTERPRET=1 on CPU tensors against the fp64 oracle, and `python -m
 dsa.backends.triton.compile_check` compiles every kernel for sm90, sm100, gfx942 and gfx950.
 
-Each module listed in MODULES exposes `register()` (registers its ops through dsa.hal.registry, with
-`supported` from `common.target_reason` plus its own checks, and a `supports_args`) and `KERNELS`
-(what compile_check builds). A module that is not there yet is skipped; one that fails to import for
-another reason is an error (logged by dsa.hal.registry.load_backends). Without the `triton` package
-nothing registers, so the plan reports the provider as "not installed".
+This package registers every op's provider with dsa.hal.registry.register: the declaration
+`common.REQUIRES` (CUDA sm80+ or an AMD arch Triton targets; sparse MLA adds that the packed fp8
+cache needs sm89+ on NVIDIA: `sparse_mla.SPARSE_MLA`) and each module's per-call `*_args` check. Each
+module listed in MODULES also exposes `KERNELS` (what compile_check builds). A module that fails to
+import is an error (logged by dsa.hal.registry.load_backends). Without the `triton` package nothing
+registers, so the plan reports the provider as "not installed".
 
     sparse_mla    sparse_mla_prefill, sparse_mla_decode (paged; bf16 and packed fp8 cache)
     indexer       indexer_topk
@@ -40,5 +41,18 @@ def present_modules() -> list:
 
 
 if TRITON_AVAILABLE:
-    for _module in present_modules():
-        _module.register()
+    from dsa.backends.triton import grouped_gemm, indexer, quant, sparse_mla
+    from dsa.backends.triton.common import REQUIRES
+    from dsa.hal.registry import register
+
+    register("act_quant", NAME, quant.act_quant, backend=NAME, requires=REQUIRES, supports_args=quant.act_quant_args)
+    register("fp8_linear", NAME, quant.fp8_linear, backend=NAME, requires=REQUIRES,
+             supports_args=quant.fp8_linear_args)
+    register("indexer_topk", NAME, indexer.indexer_topk, backend=NAME, requires=REQUIRES,
+             supports_args=indexer.indexer_args)
+    register("sparse_mla_prefill", NAME, sparse_mla.sparse_mla_prefill, backend=NAME, requires=sparse_mla.SPARSE_MLA,
+             supports_args=sparse_mla.prefill_args)
+    register("sparse_mla_decode", NAME, sparse_mla.sparse_mla_decode, backend=NAME, requires=sparse_mla.SPARSE_MLA,
+             supports_args=sparse_mla.decode_args)
+    register("grouped_gemm", NAME, grouped_gemm.grouped_gemm, backend=NAME, requires=REQUIRES,
+             supports_args=grouped_gemm.grouped_args)

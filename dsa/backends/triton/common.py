@@ -1,6 +1,6 @@
-"""What every Triton provider checks before it runs: the target (plan time) and the tensors (call time).
+"""What every Triton provider needs: the target (declared, plan time) and the tensors (checked, call time).
 
-    target_reason(target)      -> None, or why Triton kernels cannot run on this platform / arch
+    REQUIRES                   the declaration (dsa.hal.capability): CUDA sm80+ or an AMD arch Triton targets
     tensors_reason(*tensors)   -> None, or why these tensors cannot go to a Triton kernel here
     INTERPRETING               True when TRITON_INTERPRET=1 was set before triton kernels were defined
 
@@ -10,14 +10,13 @@ agrees with every kernel of the package (all are defined at import, after this m
 """
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
 
-from dsa.hal.registry import Target
+from dsa.hal.capability import Requires
 
 
 @triton.jit
@@ -29,22 +28,10 @@ INTERPRETING = isinstance(_probe, InterpretedFunction)
 
 NO_GPU = "needs a CUDA or ROCm GPU (TRITON_INTERPRET=1 runs it on CPU tensors for tests)"
 
+CUDA_ARCHS = ("sm80+",)  # bf16 tensor cores
 # AMD architectures Triton's AMD backend targets (CDNA2/3/4, RDNA3/4); CI compiles gfx942 and gfx950.
-_HIP_ARCH = re.compile(r"gfx(90a|94[0-2]|950|11[0-9a-f]{2}|12[0-9a-f]{2})$")
-
-
-def target_reason(target: Target) -> Optional[str]:
-    """Plan-time check shared by every Triton provider: CUDA sm80+ or a ROCm arch Triton supports."""
-    if target.platform not in ("cuda", "rocm"):
-        return f"{NO_GPU}; the target is {target.platform}/{target.arch}"
-    if target.platform == "cuda":
-        m = re.fullmatch(r"sm(\d+)", target.arch)
-        if m is None or int(m.group(1)) < 80:
-            return f"needs an NVIDIA GPU of sm80 or newer (bf16 tensor cores); the target is {target.arch}"
-    elif not _HIP_ARCH.match(target.arch):
-        return (f"Triton's AMD backend does not target {target.arch} "
-                f"(supported: gfx90a, gfx942, gfx950, gfx11xx, gfx12xx)")
-    return None
+HIP_ARCHS = ("gfx90a", "gfx940", "gfx941", "gfx942", "gfx950", "gfx11*", "gfx12*")
+REQUIRES = Requires(platforms=("cuda", "rocm"), archs=CUDA_ARCHS + HIP_ARCHS)
 
 
 def tensors_reason(*tensors) -> Optional[str]:

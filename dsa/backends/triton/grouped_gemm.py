@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from dsa.backends.triton.common import INTERPRETING, target_reason, tensors_reason
+from dsa.backends.triton.common import INTERPRETING, tensors_reason
 from dsa.backends.triton.numerics import (
     FP8,
     FP8_FP16,
@@ -40,6 +40,7 @@ from dsa.backends.triton.numerics import (
     fp8_operand,
     next_pow2,
 )
+from dsa.hal.grouped_gemm import args_reason as contract_reason
 from dsa.hal.library import num_blocks
 
 _FLOAT_INPUTS = (torch.bfloat16, torch.float16, torch.float32)
@@ -203,42 +204,22 @@ def gemm_launch(
 
 def grouped_gemm(x: Tensor, x_scale: Optional[Tensor], w: Tensor, w_scale: Optional[Tensor], m_sizes: Tensor) -> Tensor:
     """y[group e rows] = x[group e rows] @ w[e]^T; padding rows 0. See dsa.hal.grouped_gemm."""
-    reason = _grouped_reason(x, x_scale, w, w_scale, m_sizes)
+    reason = grouped_args(x, x_scale, w, w_scale, m_sizes)
     if reason:
         raise TypeError(f"grouped_gemm (triton): {reason}")
     out_dtype = torch.bfloat16 if x.dtype == FP8 else x.dtype
     return gemm_launch(x, x_scale, w, w_scale, m_sizes, out_dtype)
 
 
-def _grouped_reason(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
-    """Why these arguments are outside what the kernel handles, or None. (No device sync: the
-    kernel itself clips groups to the M rows of x, so a bad sum(m_sizes) cannot write out of bounds.)"""
-    if x.dim() != 2 or w.dim() != 3 or m_sizes.dim() != 1:
-        return f"expected x [M, K], w [E, N, K], m_sizes [E]; got {tuple(x.shape)}, {tuple(w.shape)}, {tuple(m_sizes.shape)}"
-    if w.shape[2] != x.shape[1] or m_sizes.shape[0] != w.shape[0]:
-        return f"x {tuple(x.shape)}, w {tuple(w.shape)} and m_sizes {tuple(m_sizes.shape)} disagree"
-    if m_sizes.dtype not in (torch.int32, torch.int64):
-        return f"m_sizes must be int32 / int64, got {m_sizes.dtype}"
-    if (x.dtype == FP8) != (w.dtype == FP8):
-        return f"x is {x.dtype} but w is {w.dtype}: both or neither must be fp8"
-    if x.dtype == FP8:
-        if x_scale is None or w_scale is None:
-            return "fp8 inputs need both x_scale and w_scale"
-        M, K = x.shape
-        E, N, _ = w.shape
-        if tuple(x_scale.shape) != (M, num_blocks(K)) or tuple(w_scale.shape) != (E, num_blocks(N), num_blocks(K)):
-            return (f"x_scale {tuple(x_scale.shape)} / w_scale {tuple(w_scale.shape)} should be "
-                    f"{(M, num_blocks(K))} / {(E, num_blocks(N), num_blocks(K))} (1x128 and 128x128 blocks)")
-    elif x.dtype not in _FLOAT_INPUTS or w.dtype != x.dtype:
+def grouped_args(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
+    """Why these arguments are outside the contract or what the kernel handles, or None. (No device sync:
+    the kernel itself clips groups to the M rows of x, so a bad sum(m_sizes) cannot write out of bounds.)"""
+    reason = contract_reason(x, x_scale, w, w_scale, m_sizes)
+    if reason:
+        return reason
+    if x.dtype != FP8 and (x.dtype not in _FLOAT_INPUTS or w.dtype != x.dtype):
         return f"float inputs must be one of bf16 / fp16 / fp32 and equal; got x {x.dtype}, w {w.dtype}"
     return tensors_reason(x, x_scale, w, w_scale, m_sizes)
-
-
-def register() -> None:
-    from dsa.hal import registry
-
-    registry.register("grouped_gemm", "triton", grouped_gemm, backend="triton", supported=target_reason,
-                      supports_args=_grouped_reason)
 
 
 def _kernel_spec(label: str, fp8: bool, mode: int, rows: int) -> tuple:

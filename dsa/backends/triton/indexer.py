@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from dsa.backends.triton.common import INTERPRETING, target_reason, tensors_reason
+from dsa.backends.triton.common import INTERPRETING, tensors_reason
 from dsa.backends.triton.numerics import (
     FP8,
     FP8_F32,
@@ -40,6 +40,7 @@ from dsa.backends.triton.numerics import (
     fp8_operand,
     next_pow2,
 )
+from dsa.hal.indexer_topk import args_reason as contract_reason
 
 # Budget of one chunk's [Tc, S] fp32 logits (the chunk is then top-k'd and dropped).
 _CHUNK_BYTES = 512 * 1024 * 1024
@@ -169,7 +170,7 @@ def _launch(q, weights, k, k_scale, starts, ends, out) -> None:
 
 def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> Tensor:
     """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk."""
-    reason = _indexer_reason(q, weights, k, k_scale, starts, ends, topk)
+    reason = indexer_args(q, weights, k, k_scale, starts, ends, topk)
     if reason:
         raise ValueError(f"indexer_topk (triton): {reason}")
     T = q.shape[0]
@@ -204,33 +205,18 @@ def indexer_logits(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, start
     return out
 
 
-def _indexer_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
-    if q.dim() != 3 or k.dim() != 2:
-        return f"expected q [T, H, D] and k [S, D], got q {tuple(q.shape)}, k {tuple(k.shape)}"
-    T, H, D = q.shape
-    S = k.shape[0]
-    if k.shape[1] != D:
-        return f"q head dim {D} != k dim {k.shape[1]}"
+def indexer_args(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
+    reason = contract_reason(q, weights, k, k_scale, starts, ends, topk)
+    if reason:
+        return reason
     if q.dtype != k.dtype or q.dtype not in (FP8, torch.bfloat16, torch.float16, torch.float32):
         return f"q and k must both be fp8 e4m3fn, bf16, fp16 or fp32; got {q.dtype} and {k.dtype}"
-    if tuple(weights.shape) != (T, H) or tuple(k_scale.shape) != (S,):
-        return f"weights {tuple(weights.shape)} / k_scale {tuple(k_scale.shape)} should be {(T, H)} / {(S,)}"
-    if tuple(starts.shape) != (T,) or tuple(ends.shape) != (T,):
-        return f"starts / ends must be [T={T}], got {tuple(starts.shape)} / {tuple(ends.shape)}"
     if starts.dtype not in (torch.int32, torch.int64) or ends.dtype not in (torch.int32, torch.int64):
         return f"starts / ends must be int32 / int64, got {starts.dtype} / {ends.dtype}"
-    if topk < 0:
-        return f"topk must be >= 0, got {topk}"
+    _, H, D = q.shape
     if H > 256 or D > 512:
         return f"H={H} / D={D} exceed the kernel's single-tile limits (H <= 256, D <= 512)"
     return tensors_reason(q, weights, k, k_scale, starts, ends)
-
-
-def register() -> None:
-    from dsa.hal import registry
-
-    registry.register("indexer_topk", "triton", indexer_topk, backend="triton", supported=target_reason,
-                      supports_args=_indexer_reason)
 
 
 def _kernel_spec(label: str, kind: int, mode: int) -> tuple:

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from dsa.backends.triton.common import INTERPRETING, target_reason, tensors_reason
+from dsa.backends.triton.common import INTERPRETING, tensors_reason
 from dsa.backends.triton.numerics import FP8, cdiv, f32_to_e4m3_bits, next_pow2
 from dsa.hal.library import num_blocks
 
@@ -89,7 +89,7 @@ def _act_quant_launch(x2: Tensor, block_size: int, ue8m0: bool) -> tuple[Tensor,
 
 def act_quant(x: Tensor, block_size: int, ue8m0: bool) -> tuple[Tensor, Tensor]:
     """x [..., K] -> (fp8 [..., K], fp32 scales [..., ceil(K/block_size)]). See dsa.hal.act_quant."""
-    reason = _act_quant_reason(x, block_size, ue8m0)
+    reason = act_quant_args(x, block_size, ue8m0)
     if reason:
         raise TypeError(f"act_quant (triton): {reason}")
     lead, K = x.shape[:-1], x.shape[-1]
@@ -101,7 +101,7 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale_inv: Tensor, ue8m0: bool)
     """y [..., N] = act_quant(x) @ dequant(weight)^T in fp32, rounded once to x.dtype. See dsa.hal.fp8_linear."""
     from dsa.backends.triton.grouped_gemm import gemm_launch
 
-    reason = _fp8_linear_reason(x, weight, weight_scale_inv, ue8m0)
+    reason = fp8_linear_args(x, weight, weight_scale_inv, ue8m0)
     if reason:
         raise TypeError(f"fp8_linear (triton): {reason}")
     N, K = weight.shape
@@ -115,7 +115,7 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale_inv: Tensor, ue8m0: bool)
 # ---------------------------------------------------------------- what these kernels accept
 
 
-def _act_quant_reason(x, block_size, ue8m0) -> Optional[str]:
+def act_quant_args(x, block_size, ue8m0) -> Optional[str]:
     if x.dtype not in _FLOAT_INPUTS:
         return f"x must be bf16 / fp16 / fp32, got {x.dtype}"
     if not 0 < block_size <= 4096:
@@ -123,7 +123,7 @@ def _act_quant_reason(x, block_size, ue8m0) -> Optional[str]:
     return tensors_reason(x)
 
 
-def _fp8_linear_reason(x, weight, weight_scale_inv, ue8m0) -> Optional[str]:
+def fp8_linear_args(x, weight, weight_scale_inv, ue8m0) -> Optional[str]:
     if x.dtype not in _FLOAT_INPUTS:
         return f"x must be bf16 / fp16 / fp32, got {x.dtype}"
     if weight.dtype != FP8 or weight.dim() != 2:
@@ -135,15 +135,6 @@ def _fp8_linear_reason(x, weight, weight_scale_inv, ue8m0) -> Optional[str]:
         return (f"weight_scale_inv must be fp32 {(num_blocks(N), num_blocks(K))} (128x128 blocks), got "
                 f"{weight_scale_inv.dtype} {tuple(weight_scale_inv.shape)}")
     return tensors_reason(x, weight, weight_scale_inv)
-
-
-def register() -> None:
-    from dsa.hal import registry
-
-    registry.register("act_quant", "triton", act_quant, backend="triton", supported=target_reason,
-                      supports_args=_act_quant_reason)
-    registry.register("fp8_linear", "triton", fp8_linear, backend="triton", supported=target_reason,
-                      supports_args=_fp8_linear_reason)
 
 
 def _act_quant_config(block_size: int, R: int, nb: int) -> tuple[int, int, int]:

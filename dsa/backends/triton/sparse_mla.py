@@ -30,6 +30,7 @@ provider does (that check would cost a device sync per call).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import torch
@@ -37,11 +38,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from dsa.backends.triton.common import INTERPRETING, target_reason, tensors_reason
+from dsa.backends.triton.common import HIP_ARCHS, INTERPRETING, REQUIRES, tensors_reason
 from dsa.hal import kv_format
-from dsa.hal.registry import Target
-from dsa.hal.registry import register as _register
 from dsa.hal.sparse_mla_decode import check_args
+from dsa.hal.sparse_mla_prefill import check_args as check_prefill_args
 
 LOG2E = 1.4426950408889634
 
@@ -286,13 +286,7 @@ def sparse_mla_prefill(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, 
                        block_h: Optional[int] = None, block_k: Optional[int] = None,
                        num_splits: Optional[int] = None) -> tuple[Tensor, Tensor]:
     """q [T, H, Dqk], kv [S, 1, Dqk], indices [T, K] -> out [T, H, d_v] (q.dtype), lse [T, H] fp32."""
-    if q.dim() != 3 or kv.dim() != 3 or kv.shape[1] != 1 or indices.dim() != 2:
-        raise ValueError(f"sparse_mla_prefill: expected q [T, H, D], kv [S, 1, D], indices [T, K]; got "
-                         f"{tuple(q.shape)}, {tuple(kv.shape)}, {tuple(indices.shape)}")
-    T, H, D = q.shape
-    if kv.shape[2] != D or indices.shape[0] != T or not 0 < d_v <= D:
-        raise ValueError(f"sparse_mla_prefill: inconsistent shapes q {tuple(q.shape)}, kv {tuple(kv.shape)}, "
-                         f"indices {tuple(indices.shape)}, d_v {d_v}")
+    check_prefill_args(q, kv, indices, d_v)
     q = _rows_contiguous(q)
     kv = _rows_contiguous(kv)
     idx = indices.to(torch.int32).contiguous()
@@ -309,16 +303,9 @@ def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens
     B, s_q, H, D = q.shape
     num_blocks, page = kv_cache.shape[:2]
     fp8 = kv_cache.dtype == torch.uint8
+    kv_cache = _rows_contiguous(kv_cache)
     if fp8:
-        width = kv_format.packed_bytes(d_v, D - d_v)
-        if kv_cache.shape[-1] != width:
-            raise ValueError(f"sparse_mla_decode: packed fp8 cache rows are {kv_cache.shape[-1]} bytes, but q "
-                             f"(D={D}, d_v={d_v}) needs {width}")
-        kv_cache = _rows_contiguous(kv_cache).view(torch.float8_e4m3fn)  # same bytes; typed fp8 pointer
-    elif kv_cache.shape[-1] != D:
-        raise ValueError(f"sparse_mla_decode: cache head dim {kv_cache.shape[-1]} != q head dim {D}")
-    else:
-        kv_cache = _rows_contiguous(kv_cache)
+        kv_cache = kv_cache.view(torch.float8_e4m3fn)  # same bytes; typed fp8 pointer
     q2 = _rows_contiguous(q.reshape(B * s_q, H, D))
     idx = indices.reshape(B * s_q, -1).to(torch.int32).contiguous()
     out, lse = _launch(q2, kv_cache, idx, sm_scale, d_v, paged=True, fp8=fp8,
@@ -329,22 +316,16 @@ def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens
     return out.view(B, s_q, H, d_v), lse.view(B, s_q, H)
 
 
-# ---- provider registration ---------------------------------------------------------------------------
+# ---- what the provider needs (declared) and takes (per-call checks) ----------------------------------
 
 MAX_D_V = 512  # the fp32 accumulator [BLOCK_H, d_v] lives in registers
 MAX_ROPE = 128
 _FLOATS = (torch.bfloat16, torch.float16, torch.float32)
 
 
-def supported(target: Target) -> Optional[str]:
-    """Any head count (heads are tiled in blocks of 16..64 and masked), bf16 or packed fp8 cache, any
-    page size. The fp8 cache needs fp8e4m3 conversions: sm89+ on NVIDIA."""
-    reason = target_reason(target)
-    if reason:
-        return reason
-    if target.kv_cache_dtype == "fp8" and target.platform == "cuda" and int(target.arch[2:]) < 89:
-        return f"the packed fp8 KV cache needs fp8 e4m3 conversions (sm89 or newer); {target.arch} has none, use kv bf16"
-    return None
+# Any head count (heads are tiled in blocks of 16..64 and masked), any page size, a bf16 or packed fp8
+# cache; the fp8 cache needs fp8 e4m3 conversions: sm89+ on NVIDIA. (Prefill and decode alike.)
+SPARSE_MLA = dataclasses.replace(REQUIRES, kv_cache_dtypes={"bf16": None, "fp8": ("sm89+", *HIP_ARCHS)})
 
 
 def _dims_reason(d: int, d_v: int, dtype: torch.dtype) -> Optional[str]:
@@ -376,12 +357,6 @@ def decode_args(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v) -> O
     elif kv_cache.dtype not in _FLOATS:
         return f"cache dtype {kv_cache.dtype} is neither a float type nor the packed fp8 layout (uint8)"
     return None
-
-
-def register() -> None:
-    for op, fn, args_check in (("sparse_mla_prefill", sparse_mla_prefill, prefill_args),
-                               ("sparse_mla_decode", sparse_mla_decode, decode_args)):
-        _register(op, "triton", fn, backend="triton", supported=supported, supports_args=args_check)
 
 
 # ---- what compile_check builds: the 671B shapes (H 128 per rank, 576 = 512 + 64) -----------------------
