@@ -167,7 +167,7 @@ class Inputs:
         return t.to(dtype) if dtype is not None else t
 
     def quant_rows(self, x, block: int):
-        from dsa.hal.library import pow2_ceil
+        from dsa.hal.fp8 import pow2_ceil
 
         torch = self.torch
         lead, K = x.shape[:-1], x.shape[-1]

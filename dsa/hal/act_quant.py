@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dsa.hal.library import hal_op, num_blocks
+from dsa.hal.fp8 import num_blocks
+from dsa.hal.library import hal_op
 
 
 def _fake(x: Tensor, block_size: int, ue8m0: bool, provider: str):

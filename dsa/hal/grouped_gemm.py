@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from dsa.hal.library import hal_op, num_blocks
+from dsa.hal.fp8 import num_blocks
+from dsa.hal.library import hal_op
 
 FP8 = torch.float8_e4m3fn
 

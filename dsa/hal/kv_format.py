@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dsa.hal.library import FP8_E4M3_MAX, SCALE_FLOOR, pow2_ceil
+from dsa.hal.fp8 import FP8_E4M3_MAX, SCALE_FLOOR, pow2_ceil
 
 GROUP = 128
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dsa.hal.library import num_blocks
+from dsa.hal.fp8 import num_blocks
 
 
 def dequant_rows(x: Tensor, scale: Tensor, block: int = 128) -> Tensor:

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from dsa.backends.torch.blocks import dequant_rows, dequant_tiles
-from dsa.hal.library import FP8_E4M3_MAX, SCALE_FLOOR, num_blocks, pow2_ceil
+from dsa.hal.fp8 import FP8_E4M3_MAX, SCALE_FLOOR, num_blocks, pow2_ceil
 
 # fp32 elements of one dequantised weight slice in fp8_linear (~64 MiB), bounding peak memory.
 _WEIGHT_CHUNK_ELEMS = 16 * 1024 * 1024

@@ -41,7 +41,7 @@ from dsa.backends.triton.numerics import (
     next_pow2,
 )
 from dsa.hal.grouped_gemm import args_reason as contract_reason
-from dsa.hal.library import num_blocks
+from dsa.hal.fp8 import num_blocks
 
 _FLOAT_INPUTS = (torch.bfloat16, torch.float16, torch.float32)
 _SCALE_BLOCK = 128

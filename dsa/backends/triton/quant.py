@@ -22,7 +22,7 @@ from torch import Tensor
 
 from dsa.backends.triton.common import INTERPRETING, tensors_reason
 from dsa.backends.triton.numerics import FP8, cdiv, f32_to_e4m3_bits, next_pow2
-from dsa.hal.library import num_blocks
+from dsa.hal.fp8 import num_blocks
 
 _FLOAT_INPUTS = (torch.bfloat16, torch.float16, torch.float32)
 
