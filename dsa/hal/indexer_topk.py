@@ -9,7 +9,9 @@ from torch import Tensor
 from dsa.hal.library import hal_op
 
 
-def _fake(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int, provider: str):
+def _fake(
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int, provider: str
+):
     return q.new_empty((q.shape[0], topk), dtype=torch.int32)
 
 

@@ -38,7 +38,9 @@ def pack(latent: Tensor, d_v: int) -> Tensor:
     out = torch.empty(*lead, nb, dtype=torch.uint8, device=latent.device)
     out[..., :d_v] = q.reshape(*lead, d_v).view(torch.uint8)
     out[..., d_v : d_v + 4 * (d_v // GROUP)] = scale.contiguous().view(torch.uint8).reshape(*lead, -1)
-    out[..., d_v + 4 * (d_v // GROUP) :] = latent[..., d_v:].to(torch.bfloat16).contiguous().view(torch.uint8).reshape(*lead, -1)
+    out[..., d_v + 4 * (d_v // GROUP) :] = (
+        latent[..., d_v:].to(torch.bfloat16).contiguous().view(torch.uint8).reshape(*lead, -1)
+    )
     return out
 
 

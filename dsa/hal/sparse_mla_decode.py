@@ -8,7 +8,10 @@ from dsa.hal import kv_format
 from dsa.hal.library import hal_op
 
 
-def _fake(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tensor, indices: Tensor, sm_scale: float, d_v: int, provider: str):
+def _fake(
+    q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tensor, indices: Tensor, sm_scale: float, d_v: int,
+    provider: str,
+):
     B, s_q, H, _ = q.shape
     dt = q.dtype
     return q.new_empty((B, s_q, H, d_v), dtype=dt), q.new_empty((B, s_q, H), dtype=torch.float32)
@@ -51,7 +54,8 @@ def check_args(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tenso
         raise ValueError(f"sparse_mla_decode: expected q [B, s_q, H, D], kv_cache [blocks, page, 1, D or P], "
                          f"indices [B, s_q, K]; got {tuple(q.shape)}, {tuple(kv_cache.shape)}, {tuple(indices.shape)}")
     B, s_q, _, D = q.shape
-    if indices.shape[:2] != (B, s_q) or block_table.dim() != 2 or block_table.shape[0] != B or tuple(seq_lens.shape) != (B,):
+    if (indices.shape[:2] != (B, s_q) or block_table.dim() != 2 or block_table.shape[0] != B
+            or tuple(seq_lens.shape) != (B,)):
         raise ValueError(f"sparse_mla_decode: batch mismatch: q {tuple(q.shape)}, indices {tuple(indices.shape)}, "
                          f"block_table {tuple(block_table.shape)}, seq_lens {tuple(seq_lens.shape)}")
     if not 0 < d_v <= D:

@@ -13,7 +13,9 @@ def _fake(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, d_v: int, pro
 
 
 @hal_op(_fake)
-def sparse_mla_prefill(q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, d_v: int, provider: str) -> tuple[Tensor, Tensor]:
+def sparse_mla_prefill(
+    q: Tensor, kv: Tensor, indices: Tensor, sm_scale: float, d_v: int, provider: str
+) -> tuple[Tensor, Tensor]:
     """Sparse attention of every query head over the keys its token selected.
 
     q        [T, H, Dqk]  bf16 / fp32; Dqk = kv_lora_rank + qk_rope_head_dim (576 for 671B)

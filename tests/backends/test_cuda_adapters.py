@@ -34,7 +34,8 @@ def fakes(monkeypatch):
     """Route the vendor seam (dsa.backends.vendor) to the stand-ins; returns a function to swap them."""
 
     def use(fm=None, dg=None):
-        monkeypatch.setattr(vendor, "load", loader({"flash_mla": fm or fake_fm.module(), "deep_gemm": dg or fake_dg.module()}))
+        monkeypatch.setattr(vendor, "load",
+                            loader({"flash_mla": fm or fake_fm.module(), "deep_gemm": dg or fake_dg.module()}))
 
     use()
     return use
@@ -146,8 +147,10 @@ def test_packed_cache_is_flashmla_token_layout():
     raw = kv_format.pack(latent, 512)
     assert raw.shape == (37, 656)
     scales = raw[:, 512:528].contiguous().view(torch.float32)
-    assert bool((torch.frexp(scales).mantissa == 0.5).all()), "scales are powers of two (ue8m0), as FlashMLA's quantiser makes them"
-    assert_close(fake_fm.dequantize_fp8_tokens(raw), kv_format.unpack(raw, 512), 0.0, 0.0, 0.0, "FlashMLA decoding of our bytes")
+    assert bool((torch.frexp(scales).mantissa == 0.5).all()), (
+        "scales are powers of two (ue8m0), as FlashMLA's quantiser makes them")
+    assert_close(fake_fm.dequantize_fp8_tokens(raw), kv_format.unpack(raw, 512), 0.0, 0.0, 0.0,
+                 "FlashMLA decoding of our bytes")
 
 
 def test_flashmla_through_the_hal_op(fakes):

@@ -5,8 +5,9 @@ adapters build correct ragged index lists (valid entries only, a dummy for empty
 logical decode positions into page-1 slots of the viewed cache, pad heads to 16 / 128 and to powers of
 two, convert e4m3fn to e4m3fnuz on gfx942 with doubled scales (exactly), feed top_k_per_row_prefill
 and read its absolute indices, build the MoE GEMM's sorted_token_ids / expert_ids layout, and quantise
-the activation for gemm_a8w8_blockscale, so the HAL ops match the fp64 oracle. What they do not prove: the AITER kernels themselves (asm MLA, Triton
-logits / MoE GEMM, top-k), nor conventions of AITER releases other than the documented ones.
+the activation for gemm_a8w8_blockscale, so the HAL ops match the fp64 oracle. What they do not prove:
+the AITER kernels themselves (asm MLA, Triton logits / MoE GEMM, top-k), nor conventions of AITER
+releases other than the documented ones.
 
 No second check with AITER's own Triton code under TRITON_INTERPRET: the adapters call the asm
 mla_decode_fwd (no Triton), and the Triton files they do call (fp8_mqa_logits, the MoE GEMM) come only
@@ -83,7 +84,10 @@ def test_missing_submodule_is_the_reason(monkeypatch):
 
 def test_old_mla_without_lse_is_rejected(fakes, monkeypatch):
     mods = fake_aiter.modules()
-    mods["aiter.mla"].mla_decode_fwd = lambda q, kv_buffer, o, qo_indptr, kv_indptr, kv_indices, kv_last_page_lens, max_seqlen_q, page_size=1, nhead_kv=1, sm_scale=None: None
+    mods["aiter.mla"].mla_decode_fwd = (
+        lambda q, kv_buffer, o, qo_indptr, kv_indptr, kv_indices, kv_last_page_lens, max_seqlen_q,
+        page_size=1, nhead_kv=1, sm_scale=None: None
+    )
     monkeypatch.setattr(vendor, "load", loader(mods))
     assert "return_lse" in registry.get("sparse_mla_prefill", "aiter").supported(rocm_target())
 

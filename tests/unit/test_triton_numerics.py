@@ -21,7 +21,7 @@ import triton.language as tl  # noqa: E402
 
 from dsa.backends.torch import grouped_gemm as torch_gg  # noqa: E402
 from dsa.backends.triton import grouped_gemm as gg  # noqa: E402
-from dsa.backends.triton import indexer, numerics
+from dsa.backends.triton import indexer, numerics  # noqa: E402
 from dsa.conformance.inputs import quantize_rows, quantize_weight, randn, rng  # noqa: E402
 from dsa.conformance.reference.compare import assert_topk_equivalent  # noqa: E402
 from dsa.conformance.reference.ops import ref_indexer_scores, ref_topk_count  # noqa: E402
@@ -57,7 +57,8 @@ def test_rounding_matches_torch_bit_for_bit():
     x = torch.cat([x, -x])
     bf16 = torch.empty(x.shape, dtype=torch.bfloat16)
     e4m3 = torch.empty(x.shape, dtype=torch.float8_e4m3fn)
-    _convert_kernel[(triton.cdiv(x.numel(), 8192),)](x, bf16.view(torch.int16), e4m3.view(torch.uint8), x.numel(), BLOCK=8192)
+    _convert_kernel[(triton.cdiv(x.numel(), 8192),)](x, bf16.view(torch.int16), e4m3.view(torch.uint8), x.numel(),
+                                                     BLOCK=8192)
     assert torch.equal(bf16.view(torch.int16), x.to(torch.bfloat16).view(torch.int16))
     expect = x.clamp(-448, 448).to(torch.float8_e4m3fn).float()
     assert torch.equal(e4m3.float(), expect)  # value compare: +0 == -0

@@ -113,4 +113,5 @@ def test_declared_args(tsm):
     assert "differs" in tsm.prefill_args(q, kv.float(), idx, 0.1, 128)
     assert "d_v" in tsm.prefill_args(randn((2, 4, 1088), g), randn((5, 1, 1088), g), idx, 0.1, 1024)
     packed = torch.zeros(3, 4, 1, 96 + 4 + 64, dtype=torch.uint8)
-    assert "divisible by 128" in tsm.decode_args(randn((1, 1, 2, 128), g), packed, idx[:1], idx[0, :1], idx[:1, None], 0.1, 96)
+    assert "divisible by 128" in tsm.decode_args(randn((1, 1, 2, 128), g), packed, idx[:1], idx[0, :1],
+                                                 idx[:1, None], 0.1, 96)

@@ -70,7 +70,11 @@ def _first(lib, *names):
 def _exact_scales(name: str, fn, newest: str) -> dict:
     """disable_ue8m0_cast=True for the current API (a pybind function without a readable signature
     is assumed to have it); the pre-2025 names predate the flag (and SM100)."""
-    return {"disable_ue8m0_cast": True} if name == newest and adapt.accepts(fn, "disable_ue8m0_cast") is not False else {}
+    return (
+        {"disable_ue8m0_cast": True}
+        if name == newest and adapt.accepts(fn, "disable_ue8m0_cast") is not False
+        else {}
+    )
 
 
 # ---------------------------------------------------------------- per-call checks (after the declaration's module)
@@ -103,7 +107,9 @@ def linear_args_reason(x, weight, weight_scale_inv, ue8m0) -> Optional[str]:
 # ---------------------------------------------------------------- indexer
 
 
-def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> Tensor:
+def indexer_topk(
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+) -> Tensor:
     """HAL indexer_topk: DeepGEMM fp8_mqa_logits, then a top-k over the logits."""
     fn = _lib().fp8_mqa_logits
     T, S = q.shape[0], k.shape[0]
@@ -152,7 +158,9 @@ def grouped_gemm(x: Tensor, x_scale: Tensor, w: Tensor, w_scale: Tensor, m_sizes
     """HAL grouped_gemm (fp8) on DeepGEMM's m-grouped contiguous GEMM."""
     lib = _lib()
     name, fn = _first(lib, "m_grouped_fp8_gemm_nt_contiguous", "m_grouped_gemm_fp8_fp8_bf16_nt_contiguous")
-    align_fn = getattr(lib, "get_mk_alignment_for_contiguous_layout", None) or getattr(lib, "get_m_alignment_for_contiguous_layout", None)
+    align_fn = getattr(lib, "get_mk_alignment_for_contiguous_layout", None) or getattr(
+        lib, "get_m_alignment_for_contiguous_layout", None
+    )
     align = int(align_fn()) if align_fn is not None else ALIGN
     M, K = x.shape
     N = w.shape[1]

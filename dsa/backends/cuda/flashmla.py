@@ -101,7 +101,8 @@ def decode_args_reason(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_
         return why
     token_bytes = kv_format.packed_bytes(D_V, D_ROPE)
     if kv_cache.dtype != torch.uint8 or kv_cache.shape[-1] != token_bytes:
-        return f"FlashMLA's sparse decode reads the {token_bytes}-byte fp8 cache only, got {kv_cache.dtype} rows of {kv_cache.shape[-1]}"
+        return (f"FlashMLA's sparse decode reads the {token_bytes}-byte fp8 cache only, "
+                f"got {kv_cache.dtype} rows of {kv_cache.shape[-1]}")
     if kv_cache.shape[1] != PAGE:
         return f"FlashMLA's paged cache uses {PAGE}-token pages, got {kv_cache.shape[1]}"
     return None

@@ -9,7 +9,8 @@ torch_npu cannot be imported without CANN, and installed it breaks a plain `impo
 imported only when a provider is asked about or called (never at package import) and must never be
 installed on CPU machines. Without it the providers report "torch_npu not importable: ...". A2 vs A3
 comes from torch_npu.npu.get_soc_version(). No fp8 on A2 / A3: act_quant and fp8_linear are
-registered with that reason, so a profile listing npu for them falls through to torch. Every translation: dsa/backends/npu/cann.py; CPU tests: tests/backends/test_npu_adapters.py.
+registered with that reason, so a profile listing npu for them falls through to torch. Every
+translation: dsa/backends/npu/cann.py; CPU tests: tests/backends/test_npu_adapters.py.
 """
 from __future__ import annotations
 

@@ -88,7 +88,8 @@ def machine_reason(target) -> Optional[str]:
 
 def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
     if q.dtype not in HALF or k.dtype != q.dtype:
-        return f"npu_lightning_indexer takes bf16 / fp16 query and keys of one dtype (no fp8 on A2 / A3), got {q.dtype} / {k.dtype}"
+        return (f"npu_lightning_indexer takes bf16 / fp16 query and keys of one dtype (no fp8 on A2 / A3), "
+                f"got {q.dtype} / {k.dtype}")
     if q.shape[1] > INDEX_HEADS or q.shape[2] != INDEX_DIM:
         return f"npu_lightning_indexer takes <= {INDEX_HEADS} heads of dim {INDEX_DIM}, got {q.shape[1]} x {q.shape[2]}"
     if not (1 <= topk <= 2048 or 3072 <= topk <= 8192):
@@ -100,7 +101,8 @@ def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[
 
 def _sfa_args(q: Tensor, kv_dtype, d_v: int) -> Optional[str]:
     if q.dtype not in HALF or kv_dtype != q.dtype:
-        return f"npu_sparse_flash_attention takes a bf16 / fp16 query and cache of one dtype, got {q.dtype} / {kv_dtype}"
+        return (f"npu_sparse_flash_attention takes a bf16 / fp16 query and cache of one dtype, "
+                f"got {q.dtype} / {kv_dtype}")
     if d_v != D_V or q.shape[-1] != D_V + D_ROPE:
         return f"npu_sparse_flash_attention is built for a 512 latent + 64 rope split, got {q.shape[-1]} / {d_v}"
     return None
@@ -149,7 +151,9 @@ def _paged_windows(k: Tensor, starts: list[int], ends: list[int]) -> tuple[Tenso
     return key, block_table
 
 
-def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> Tensor:
+def indexer_topk(
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+) -> Tensor:
     """HAL indexer_topk on npu_lightning_indexer (one single-query batch per token, paged per start)."""
     lib = _lib()
     T = q.shape[0]

@@ -209,7 +209,9 @@ def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens
 # ---------------------------------------------------------------- indexer
 
 
-def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> Tensor:
+def indexer_topk(
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+) -> Tensor:
     """HAL indexer_topk on AITER fp8_mqa_logits + top_k_per_row_prefill."""
     logits_fn = _load_first(MQA_LOGITS).fp8_mqa_logits
     topk_fn = vendor.load(TOPK).top_k_per_row_prefill
@@ -306,5 +308,7 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale_inv: Tensor, ue8m0: bool)
     fnuz = _fnuz_device()
     xq, xs = _to_device_fp8(xq, xs, fnuz)
     wq, ws = _to_device_fp8(weight, weight_scale_inv.float(), fnuz)
-    y = lib.gemm_a8w8_blockscale(xq.contiguous(), wq.contiguous(), xs.contiguous(), ws.contiguous(), dtype=torch.bfloat16)
+    y = lib.gemm_a8w8_blockscale(
+        xq.contiguous(), wq.contiguous(), xs.contiguous(), ws.contiguous(), dtype=torch.bfloat16
+    )
     return y.reshape(*x.shape[:-1], N)

@@ -77,7 +77,9 @@ def fp8_to_float(x: Tensor, out: Tensor | None = None, *, unscaled: bool = False
         values = _code_values(x.device).index_select(0, codes.view(torch.uint8).reshape(-1).int()).view(x.shape)
         out = values if out is None else out.copy_(values)
         return out.mul_(2.0 ** -8) if unscaled else out
-    if scratch is not None and (scratch.dtype != torch.int16 or scratch.shape != x.shape or not scratch.is_contiguous()):
+    if scratch is not None and (
+        scratch.dtype != torch.int16 or scratch.shape != x.shape or not scratch.is_contiguous()
+    ):
         raise ValueError(f"fp8_to_float: scratch must be a contiguous int16 tensor of shape {tuple(x.shape)}")
     bits = codes.to(torch.int16) if scratch is None else scratch.copy_(codes)  # sign-extended codes
     half = bits.bitwise_left_shift_(7).bitwise_and_(_E4M3_IN_FP16).view(torch.float16)

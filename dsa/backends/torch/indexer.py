@@ -50,7 +50,9 @@ def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
     return s.masked_fill_(~visible, float("-inf"))
 
 
-def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> Tensor:
+def indexer_topk(
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+) -> Tensor:
     """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk."""
     check_args(q, weights, k, k_scale, starts, ends, topk)
     T, H, _ = q.shape

@@ -36,7 +36,9 @@ def act_quant(x: Tensor, block_size: int, ue8m0: bool) -> tuple[Tensor, Tensor]:
 def fp8_linear(x: Tensor, weight: Tensor, weight_scale_inv: Tensor, ue8m0: bool) -> Tensor:
     """y [..., N] = act_quant(x) dequantised @ dequant(weight)^T, fp32 math, one rounding to x.dtype."""
     if weight.dtype != torch.float8_e4m3fn or weight.dim() != 2:
-        raise TypeError(f"fp8_linear: weight must be 2-D float8_e4m3fn [N, K], got {weight.dtype} {tuple(weight.shape)}")
+        raise TypeError(
+            f"fp8_linear: weight must be 2-D float8_e4m3fn [N, K], got {weight.dtype} {tuple(weight.shape)}"
+        )
     N, K = weight.shape
     if x.shape[-1] != K:
         raise ValueError(f"fp8_linear: x has K={x.shape[-1]} but weight is [N={N}, K={K}]")

@@ -43,7 +43,8 @@ def tensors_reason(*tensors) -> Optional[str]:
         return None
     (device,) = devices
     if INTERPRETING:
-        return None if device.type == "cpu" else f"TRITON_INTERPRET=1 is set, so kernels run on CPU tensors, not {device}"
+        return (None if device.type == "cpu"
+                else f"TRITON_INTERPRET=1 is set, so kernels run on CPU tensors, not {device}")
     if device.type != "cuda":
         return f"{NO_GPU}; got {device.type} tensors"
     return None

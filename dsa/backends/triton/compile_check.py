@@ -133,7 +133,8 @@ def _amd_resources(asm: str) -> dict:
         return int(m.group(1)) if m else 0
 
     return {"regs": num("vgpr_count"), "sgprs": num("sgpr_count"),
-            "spills": num("vgpr_spill_count") + num("sgpr_spill_count"), "spill_bytes": num("private_segment_fixed_size")}
+            "spills": num("vgpr_spill_count") + num("sgpr_spill_count"),
+            "spill_bytes": num("private_segment_fixed_size")}
 
 
 def compile_one(spec: Spec, target) -> dict:
@@ -146,7 +147,8 @@ def compile_one(spec: Spec, target) -> dict:
     kernel = triton.compile(ASTSource(spec.fn, spec.signature, spec.constexprs(target), attrs), target=target,
                             options=spec.options(target))
     info = {"seconds": time.time() - t0, "shared": kernel.metadata.shared}
-    info.update(_cuda_resources(kernel.asm["cubin"]) if target.backend == "cuda" else _amd_resources(kernel.asm["amdgcn"]))
+    info.update(_cuda_resources(kernel.asm["cubin"]) if target.backend == "cuda"
+                else _amd_resources(kernel.asm["amdgcn"]))
     return info
 
 
@@ -213,7 +215,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             failures += 1
             print(f"{label:58} {name:7} FAILED: {err}")
         else:
-            print(f"{label:58} {name:7} {r.get('regs', '?'):>5} {r.get('spill_bytes', '?'):>7} {r['shared']:>7} {r['seconds']:5.1f}")
+            print(f"{label:58} {name:7} {r.get('regs', '?'):>5} {r.get('spill_bytes', '?'):>7} "
+                  f"{r['shared']:>7} {r['seconds']:5.1f}")
     built = f"{len(_SPECS)} kernel(s) x {len(targets) - len(skipped)} target(s)"
     if skipped:
         built += f"; SKIPPED (toolchain missing, NOT checked): {', '.join(skipped)}"

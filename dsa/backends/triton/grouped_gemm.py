@@ -40,8 +40,8 @@ from dsa.backends.triton.numerics import (
     fp8_operand,
     next_pow2,
 )
-from dsa.hal.grouped_gemm import args_reason as contract_reason
 from dsa.hal.fp8 import num_blocks
+from dsa.hal.grouped_gemm import args_reason as contract_reason
 
 _FLOAT_INPUTS = (torch.bfloat16, torch.float16, torch.float32)
 _SCALE_BLOCK = 128
@@ -97,7 +97,8 @@ def _grouped_gemm_kernel(
         offs_k = tl.arange(0, BLOCK_K)
         # 64-bit scalar bases + 32-bit tile offsets (a tile of 64-bit pointers costs registers)
         x_ptrs = (x_ptr + start.to(tl.int64) * K) + (local[:, None] * K + offs_k[None, :])  # [BM, BK]
-        w_ptrs = (w_ptr + (e.to(tl.int64) * N + pid_n * BLOCK_N) * K) + (tl.arange(0, BLOCK_N)[:, None] * K + offs_k[None, :])
+        w_ptrs = (w_ptr + (e.to(tl.int64) * N + pid_n * BLOCK_N) * K) + (tl.arange(0, BLOCK_N)[:, None] * K
+                                                                         + offs_k[None, :])
         if IS_FP8:
             xs_ptrs = xs_ptr + rows64 * KB  # [BM]
             ws_ptrs = ws_ptr + (e.to(tl.int64) * NB + cols // 128) * KB  # [BN]
@@ -224,7 +225,7 @@ def grouped_args(x, x_scale, w, w_scale, m_sizes) -> Optional[str]:
 
 def _kernel_spec(label: str, fp8: bool, mode: int, rows: int) -> tuple:
     """A compile_check entry: the 671B MoE (256 experts, 7168 -> 2048) with `rows` routed rows."""
-    E, N, K = 256, 2048, 7168
+    E, N = 256, 2048
     block_m, block_n, block_k = _tiles(rows, E, N, fp8)
     operand = "*u8" if fp8 else "*bf16"
     sig = {"x_ptr": operand, "xs_ptr": "*fp32", "w_ptr": operand, "ws_ptr": "*fp32", "y_ptr": "*i16",

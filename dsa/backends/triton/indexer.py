@@ -168,7 +168,9 @@ def _launch(q, weights, k, k_scale, starts, ends, out) -> None:
     )
 
 
-def indexer_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> Tensor:
+def indexer_topk(
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+) -> Tensor:
     """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk."""
     reason = indexer_args(q, weights, k, k_scale, starts, ends, topk)
     if reason:

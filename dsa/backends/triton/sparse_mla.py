@@ -16,9 +16,9 @@ Loaded values are converted straight to the MMA operand type MMA_DTYPE: fp32 und
 exact (q bf16, keys bf16, or fp8 times a power-of-two scale), so tensor cores run both products with
 fp32 accumulation. Softmax statistics and the rescaling are fp32; only the probabilities are rounded
 to bf16 before P @ V on a GPU, as FlashMLA does. Under the interpreter the output is stored in fp32 and
-rounded by torch, because the interpreter truncates fp32 -> bf16 stores (a GPU rounds to nearest). Head and feature dims are padded to
-powers of two (constexpr) and masked, so any H and any (kv_lora, rope) pair works: 512 + 64 (671B),
-128 + 32 (tiny).
+rounded by torch, because the interpreter truncates fp32 -> bf16 stores (a GPU rounds to nearest). Head
+and feature dims are padded to powers of two (constexpr) and masked, so any H and any (kv_lora, rope)
+pair works: 512 + 64 (671B), 128 + 32 (tiny).
 
 Decode with few rows cannot fill a GPU with one program per (row, head block): the selection is then
 split over NUM_SPLITS programs that each write a partial (out, lse) in fp32; `_combine` merges them
@@ -114,8 +114,10 @@ def _sparse_mla_kernel(
             NG: tl.constexpr = DV_PAD // 128
             offs_g = tl.arange(0, NG)
             scale_ptr = (key_base + D_V).to(tl.pointer_type(tl.float32))
-            k_scale = tl.load(scale_ptr[:, None] + offs_g[None, :], mask=valid[:, None] & (offs_g < D_V // 128)[None, :], other=0.0)
-            k_lat = tl.reshape(tl.reshape(k_lat, (BLOCK_K, NG, 128)) * k_scale.to(MMA_DTYPE)[:, :, None], (BLOCK_K, DV_PAD))
+            k_scale = tl.load(scale_ptr[:, None] + offs_g[None, :],
+                              mask=valid[:, None] & (offs_g < D_V // 128)[None, :], other=0.0)
+            k_lat = tl.reshape(tl.reshape(k_lat, (BLOCK_K, NG, 128)) * k_scale.to(MMA_DTYPE)[:, :, None],
+                               (BLOCK_K, DV_PAD))
             rope_ptr = (key_base + D_V + 4 * (D_V // 128)).to(tl.pointer_type(tl.bfloat16))
             k_rope = tl.load(rope_ptr[:, None] + offs_r[None, :], mask=rope_mask, other=0.0).to(MMA_DTYPE)
         else:
@@ -143,7 +145,8 @@ def _sparse_mla_kernel(
         lse = tl.where(empty, float("-inf"), lse)  # a partial with nothing selected weighs 0
     else:
         lse = tl.where(empty, float("inf"), lse)  # the FlashMLA convention for a row with no valid index
-    o_ptrs = out_ptr + split.to(tl.int64) * stride_o_split + row64 * stride_o_row + offs_h[:, None] * stride_o_h + offs_v[None, :]
+    o_ptrs = (out_ptr + split.to(tl.int64) * stride_o_split + row64 * stride_o_row
+              + offs_h[:, None] * stride_o_h + offs_v[None, :])
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=h_mask[:, None] & v_mask[None, :])
     tl.store(lse_ptr + split.to(tl.int64) * stride_l_split + row64 * stride_l_row + offs_h, lse, mask=h_mask)
 
@@ -215,7 +218,8 @@ def _combine(out_part: Tensor, lse_part: Tensor, dtype: torch.dtype) -> tuple[Te
     total = w.sum(0)
     has = total > 0
     out = (w.unsqueeze(-1) * out_part).sum(0) / torch.where(has, total, torch.ones_like(total)).unsqueeze(-1)
-    lse = torch.where(has, torch.log(torch.where(has, total, torch.ones_like(total))) + top, torch.full_like(total, float("inf")))
+    lse = torch.where(has, torch.log(torch.where(has, total, torch.ones_like(total))) + top,
+                      torch.full_like(total, float("inf")))
     return out.to(dtype), lse
 
 
@@ -353,7 +357,8 @@ def decode_args(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v) -> O
         if d_v % kv_format.GROUP:
             return f"a packed fp8 cache needs d_v divisible by {kv_format.GROUP}, got {d_v}"
         if kv_cache.shape[-1] % 4:
-            return f"packed fp8 rows of {kv_cache.shape[-1]} bytes leave the fp32 scales misaligned (need a multiple of 4)"
+            return (f"packed fp8 rows of {kv_cache.shape[-1]} bytes leave the fp32 scales misaligned "
+                    "(need a multiple of 4)")
     elif kv_cache.dtype not in _FLOATS:
         return f"cache dtype {kv_cache.dtype} is neither a float type nor the packed fp8 layout (uint8)"
     return None

@@ -24,7 +24,8 @@ def modules(gfx: str = "gfx942") -> dict:
     fp8 = torch.float8_e4m3fnuz if gfx == "gfx942" else torch.float8_e4m3fn
 
     def mla_decode_fwd(q, kv_buffer, o, qo_indptr, kv_indptr, kv_indices, kv_last_page_lens, max_seqlen_q,
-                       page_size=1, nhead_kv=1, sm_scale=None, logit_cap=0.0, num_kv_splits=None, return_lse=False, **_):
+                       page_size=1, nhead_kv=1, sm_scale=None, logit_cap=0.0, num_kv_splits=None, return_lse=False,
+                       **_):
         total_s, H, D = q.shape
         assert q.dtype == torch.bfloat16 and kv_buffer.dtype == torch.bfloat16 and o.dtype == torch.bfloat16
         assert H in (16, 128), f"the asm MLA kernels take 16 or 128 heads, got {H}"
@@ -60,7 +61,8 @@ def modules(gfx: str = "gfx942") -> dict:
         inside = (j[None] >= cu_starts.long()[:, None]) & (j[None] < cu_ends.long()[:, None])
         return logits.masked_fill(~inside, -math.inf if clean_logits else math.nan)
 
-    def top_k_per_row_prefill(logits, rowStarts, rowEnds, indices, values, numRows, stride0, stride1, k=2048, stable=False):
+    def top_k_per_row_prefill(logits, rowStarts, rowEnds, indices, values, numRows, stride0, stride1, k=2048,
+                              stable=False):
         assert logits.dtype == torch.float32 and logits.dim() == 2 and indices.dtype == torch.int32
         assert tuple(indices.shape) == (numRows, k) and logits.stride() == (stride0, stride1)
         assert logits.shape[1] >= k, f"top_k ({k}) must not exceed the row width ({logits.shape[1]})"
@@ -77,7 +79,8 @@ def modules(gfx: str = "gfx942") -> dict:
     def fused_moe(A, B, C, A_scale, B_scale, B_zp, topk_weights, topk_ids, sorted_token_ids, expert_ids,
                   num_tokens_post_padded, mul_routed_weight, top_k, compute_type, use_fp8_w8a8, use_int8_w8a16,
                   use_int4_w4a16, block_shape=None, config=None):
-        assert topk_weights.stride(1) == 1 and sorted_token_ids.stride(0) == 1 and not (use_int8_w8a16 or use_int4_w4a16)
+        assert (topk_weights.stride(1) == 1 and sorted_token_ids.stride(0) == 1
+                and not (use_int8_w8a16 or use_int4_w4a16))
         bm = config["BLOCK_SIZE_M"]
         M, K = A.shape
         E, N, _ = B.shape
@@ -86,7 +89,8 @@ def modules(gfx: str = "gfx942") -> dict:
         if use_fp8_w8a8:
             assert A.dtype == fp8 and B.dtype == fp8, f"{gfx} kernels take {fp8}, got {A.dtype} / {B.dtype}"
             bn, bk = block_shape
-            assert tuple(A_scale.shape) == (M, math.ceil(K / bk)) and tuple(B_scale.shape) == (E, math.ceil(N / bn), math.ceil(K / bk))
+            assert (tuple(A_scale.shape) == (M, math.ceil(K / bk))
+                    and tuple(B_scale.shape) == (E, math.ceil(N / bn), math.ceil(K / bk)))
             a = A.float() * A_scale.repeat_interleave(bk, 1)[:, :K]
             b = B.float() * B_scale.repeat_interleave(bn, 1)[:, :N].repeat_interleave(bk, 2)[:, :, :K]
         else:
@@ -110,7 +114,8 @@ def modules(gfx: str = "gfx942") -> dict:
         assert dtype in (torch.bfloat16, torch.float16) and not isBpreshuffled
         M, K = XQ.shape
         N = WQ.shape[0]
-        assert tuple(x_scale.shape) == (M, math.ceil(K / 128)) and tuple(w_scale.shape) == (math.ceil(N / 128), math.ceil(K / 128))
+        assert (tuple(x_scale.shape) == (M, math.ceil(K / 128))
+                and tuple(w_scale.shape) == (math.ceil(N / 128), math.ceil(K / 128)))
         x = XQ.float() * x_scale.repeat_interleave(128, 1)[:, :K]
         w = WQ.float() * w_scale.repeat_interleave(128, 0)[:N].repeat_interleave(128, 1)[:, :K]
         return (x @ w.t()).to(dtype)

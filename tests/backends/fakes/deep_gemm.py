@@ -75,8 +75,10 @@ def module(arch: str = "sm90") -> SimpleNamespace:
     def fp8_gemm_nt(a, b, d, c=None, recipe=None, compiled_dims="nk", disable_ue8m0_cast=False):
         """d = a @ b^T with 1x128 scales for a and 128x128 scales for b; bf16 out."""
         (x, sfa), (w, sfb) = a, b
-        assert x.dtype == torch.float8_e4m3fn and w.dtype == torch.float8_e4m3fn and d.dtype == torch.bfloat16 and c is None
-        d.copy_((_dequant(x, sfa, arch, disable_ue8m0_cast, 1) @ _dequant(w, sfb, arch, disable_ue8m0_cast, 128).t()).to(d.dtype))
+        assert (x.dtype == torch.float8_e4m3fn and w.dtype == torch.float8_e4m3fn and d.dtype == torch.bfloat16
+                and c is None)
+        d.copy_((_dequant(x, sfa, arch, disable_ue8m0_cast, 1)
+                 @ _dequant(w, sfb, arch, disable_ue8m0_cast, 128).t()).to(d.dtype))
 
     return SimpleNamespace(
         fp8_mqa_logits=fp8_mqa_logits,

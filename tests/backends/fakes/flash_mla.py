@@ -115,7 +115,8 @@ def flash_mla_with_kvcache(q, k_cache, block_table, cache_seqlens, head_dim_v, t
     tokens = dequantize_fp8_tokens(raw).to(torch.bfloat16).float()  # "dequantizes the cache to bfloat16"
     topk = idx.shape[-1]
     keys = tokens[idx.clamp_min(0).view(-1)].view(b * s_q, topk, 576)
-    out, lse, _ = _attend(q.reshape(b * s_q, h_q, 576), keys, (idx == -1).view(b * s_q, topk), softmax_scale, head_dim_v)
+    out, lse, _ = _attend(q.reshape(b * s_q, h_q, 576), keys, (idx == -1).view(b * s_q, topk), softmax_scale,
+                          head_dim_v)
     out = out.view(b, s_q, h_q, head_dim_v).to(torch.bfloat16)
     return out, lse.view(b, s_q, h_q).transpose(1, 2)
 
