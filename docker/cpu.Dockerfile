@@ -1,5 +1,5 @@
 # dsa-runtime on the CPU (x86-64 or arm64): the portable `torch` backend; also the image CI's
-# tests mirror (tests/unit/test_docker.py runs these pip steps in a fresh venv).
+# tests mirror (tests/unit/test_docker.py and test_install.py replay its COPY / RUN steps in a fresh venv).
 #   docker build -f docker/cpu.Dockerfile -t dsa-runtime:cpu .
 #   docker run --rm dsa-runtime:cpu run --device cpu --prompt "Hello" --max-new-tokens 16
 # Python 3.11: the version the project's CPU environments use (and its torch wheel is built for).
@@ -16,10 +16,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# The whole checkout (tests included: `dsa conformance` runs them), installed in place.
-WORKDIR /opt/dsa-runtime
-COPY . .
-RUN pip install -e ".[cpu,test]"
+# dsa-runtime itself, installed as a release is: a wheel built from the checkout (the build context;
+# .dockerignore keeps only what the wheel needs), installed non-editable with the `cpu` and
+# `conformance` extras (`dsa conformance` runs the cases shipped inside the package, under pytest).
+# The source and the wheel are deleted once installed (the source, under 1 MB, stays in the COPY layer).
+COPY . /tmp/src
+RUN pip wheel --no-deps --wheel-dir /tmp/wheels /tmp/src \
+    && pip install "$(find /tmp/wheels -name 'dsa_runtime-*.whl')[cpu,conformance]" \
+    && rm -rf /tmp/src /tmp/wheels
+
+# A neutral working directory: relative paths (`--report out`, the default ./conformance-report) land here.
+WORKDIR /work
 
 ENTRYPOINT ["dsa"]
 CMD ["--help"]

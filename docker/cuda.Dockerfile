@@ -49,9 +49,17 @@ RUN git clone "${DEEPGEMM_REPO}" deep-gemm \
     && git -C deep-gemm submodule update --init --recursive \
     && DEEP_GEMM_FORCE_BUILD=TRUE pip install --no-build-isolation -v ./deep-gemm
 
-WORKDIR /opt/dsa-runtime
-COPY . .
-RUN pip install -e ".[cuda,test]"
+# dsa-runtime itself, installed as a release is: a wheel built from the checkout (the build context;
+# .dockerignore keeps only what the wheel needs), installed non-editable with the `cuda` and
+# `conformance` extras (`dsa conformance` runs the cases shipped inside the package, under pytest).
+# The source and the wheel are deleted once installed (the source, under 1 MB, stays in the COPY layer).
+COPY . /tmp/src
+RUN pip wheel --no-deps --wheel-dir /tmp/wheels /tmp/src \
+    && pip install "$(find /tmp/wheels -name 'dsa_runtime-*.whl')[cuda,conformance]" \
+    && rm -rf /tmp/src /tmp/wheels
+
+# A neutral working directory: relative paths (`--report out`, the default ./conformance-report) land here.
+WORKDIR /work
 
 ENTRYPOINT ["dsa"]
 CMD ["--help"]

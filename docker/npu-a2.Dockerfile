@@ -18,10 +18,18 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && pip install "torch-npu==${TORCH_NPU_VERSION}"
 
-WORKDIR /opt/dsa-runtime
-COPY . .
-RUN pip install -e ".[npu,test]" \
-    && install -m 0755 docker/npu-entrypoint.sh /usr/local/bin/dsa-npu
+# dsa-runtime itself, installed as a release is: a wheel built from the checkout (the build context;
+# .dockerignore keeps only what the wheel needs), installed non-editable with the `npu` and
+# `conformance` extras (`dsa conformance` runs the cases shipped inside the package, under pytest).
+# The source and the wheel are deleted once installed (the source, under 1 MB, stays in the COPY layer).
+COPY . /tmp/src
+RUN pip wheel --no-deps --wheel-dir /tmp/wheels /tmp/src \
+    && pip install "$(find /tmp/wheels -name 'dsa_runtime-*.whl')[npu,conformance]" \
+    && install -m 0755 /tmp/src/docker/npu-entrypoint.sh /usr/local/bin/dsa-npu \
+    && rm -rf /tmp/src /tmp/wheels
+
+# A neutral working directory: relative paths (`--report out`, the default ./conformance-report) land here.
+WORKDIR /work
 
 # dsa-npu loads the CANN environment (set_env.sh), then runs `dsa` with the arguments given.
 ENTRYPOINT ["/usr/local/bin/dsa-npu"]

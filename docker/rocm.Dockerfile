@@ -17,11 +17,19 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 RUN pip install "amd-aiter==${AITER_VERSION}"
 
-WORKDIR /opt/dsa-runtime
-COPY . .
-# The `rocm` extra would add PyPI's triton on top of the base image's pytorch-triton-rocm (both provide
-# the `triton` module); the base image's build matches its torch, so it is kept and the extra not used.
-RUN pip install -e ".[test]"
+# dsa-runtime itself, installed as a release is: a wheel built from the checkout (the build context;
+# .dockerignore keeps only what the wheel needs), installed non-editable with the `conformance` extra
+# (`dsa conformance` runs the cases shipped inside the package, under pytest). Not the `rocm` extra: it
+# would add PyPI's triton on top of the base image's pytorch-triton-rocm (both provide the `triton`
+# module); the base image's build matches its torch, so it is kept. The source and the wheel are deleted
+# once installed (the source, under 1 MB, stays in the COPY layer).
+COPY . /tmp/src
+RUN pip wheel --no-deps --wheel-dir /tmp/wheels /tmp/src \
+    && pip install "$(find /tmp/wheels -name 'dsa_runtime-*.whl')[conformance]" \
+    && rm -rf /tmp/src /tmp/wheels
+
+# A neutral working directory: relative paths (`--report out`, the default ./conformance-report) land here.
+WORKDIR /work
 
 ENTRYPOINT ["dsa"]
 CMD ["--help"]
