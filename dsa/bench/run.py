@@ -243,7 +243,8 @@ def _render_e2e(e: dict) -> list[str]:
 
 def _render_cache(c: dict) -> list[str]:
     out = ["## 3. Cache bytes per token per layer (671B config, measured on PagedCache)", "",
-           "Sum of the bytes of the tensors `model.cache.PagedCache` allocates (latent + index keys + index scales), "
+           "Sum of the bytes of the tensors `dsa.model.cache.PagedCache` allocates "
+           "(latent + index keys + index scales), "
            "divided by tokens x layers; docs/model-and-ops.md 2.2: 576 bf16 values + 132 indexer bytes = 1284 B, "
            "or 656 + 132 = 788 B with the packed fp8 cache.", ""]
     rows = [[r["kv_cache_dtype"], f"{r['latent_bytes']:.1f}", f"{r['index_bytes']:.1f}", f"{r['total_bytes']:.1f}",
