@@ -8,7 +8,7 @@
 Each process reads RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT (set by torchrun, or by
 `spawn_local` in the same way) and joins the default process group with the profile's `collective`
 backend (gloo, nccl - also RCCL on ROCm -, hccl). Nothing here is global state: the groups a rank
-uses travel in a model.parallel.ParallelGroups.
+uses travel in a dsa.model.parallel_groups.ParallelGroups.
 
 DP-attention ranks stay in step through dsa.dist.lockstep.
 """
@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from dsa.errors import DsaError
-from dsa.model.parallel import ParallelGroups, check_layout
+from dsa.model.parallel_groups import ParallelGroups, check_layout
 
 ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 POLL_SECONDS = 0.2

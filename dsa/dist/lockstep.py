@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from dsa.model.cache import Batch, PagedCache
-from dsa.model.parallel import ParallelGroups
+from dsa.model.parallel_groups import ParallelGroups
 
 
 class Lockstep:

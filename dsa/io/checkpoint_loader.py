@@ -16,7 +16,7 @@ are dequantised to the compute dtype (128 x 128 blocks, partial edge blocks) as 
 Per-rank loading: every read asks a `TensorSlicer` which part of HF tensor X this rank holds
 (`FULL` = all of it, the single-device case; `NOT_HELD` = none: the tensor is not read, and a shard
 holding nothing for this rank is not opened), so a parallel layout only supplies a slicer.
-`load_model(..., parallel=groups)` shards the meta model with model.parallel.parallelize and uses the
+`load_model(..., parallel=groups)` shards the meta model with dsa.model.parallel.parallelize and uses the
 slicer it returns. Held routed experts fill the stacked expert rows in expert order.
 
 The multi-token-prediction layer (ModelConfig.is_mtp_layer: stored after the decoder layers, layer 61
@@ -92,7 +92,7 @@ def load_model(
     weights: "fp8" keeps fp8 weights + block scales (when the checkpoint has them), "bf16" stores every
     weight in the compute `dtype` (fp8 weights dequantised). progress: None = a progress line on a
     terminal for loads over 256 MiB; False = never; True = on a terminal. parallel: a
-    model.parallel.ParallelGroups; the model is sharded for its layout and each rank reads its parts.
+    dsa.model.parallel_groups.ParallelGroups; the model is sharded for its layout and each rank reads its parts.
     """
     from dsa.model.transformer import DeepseekV32
 

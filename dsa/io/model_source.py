@@ -93,7 +93,7 @@ def build_model(source: ModelSource, opset, *, dtype: torch.dtype, kv_cache_dtyp
 
     weights (the plan's): "fp8" keeps a checkpoint's fp8 weights + block scales, "bf16" dequantises them
     to `dtype`. Checkpoints are checked (dsa.io.checkpoint_loader) before any tensor data is read. parallel: a
-    model.parallel.ParallelGroups; this rank gets (and, from a checkpoint, reads) only its parts.
+    dsa.model.parallel_groups.ParallelGroups; this rank gets (and, from a checkpoint, reads) only its parts.
     """
     from dsa.model.transformer import DeepseekV32
     from dsa.model.weights import random_checkpoint

@@ -1,5 +1,7 @@
 """Tensor, expert and DP-attention parallelism as a pass over a built model (no global state).
 
+The groups and collectives: dsa.model.parallel_groups; the modules swapped in: dsa.model.parallel_modules.
+
     groups = ParallelGroups.create(tp=2, dp_attention=1, ep=2)   # after dist.init_process_group
     sharding = parallelize(model, groups)                        # on the meta model, before loading
     load ... with sharding.slicer                                # each rank reads only its parts
@@ -37,13 +39,12 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsa.errors import ConfigError
 from dsa.model.layers import WEIGHT_BLOCK, Linear
 from dsa.model.moe import MLP, MoE
+from dsa.model.parallel_groups import ParallelGroups, check_layout  # noqa: F401  (check_layout: re-exported)
+from dsa.model.parallel_modules import ParallelMoE, RowParallelLinear, VocabParallelEmbedding, VocabParallelLMHead
 
 
 class _NotHeld:
@@ -54,138 +55,6 @@ class _NotHeld:
 
 
 NOT_HELD = _NotHeld()  # compared with `is`
-
-
-# ---- groups ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ParallelGroups:
-    """This rank's place in a layout and the process groups it talks over (None = a group of one)."""
-
-    tp: int
-    dp_attention: int
-    ep: int
-    rank: int = 0
-    tp_group: Optional[dist.ProcessGroup] = None
-    ep_group: Optional[dist.ProcessGroup] = None
-    world_group: Optional[dist.ProcessGroup] = None  # None with world_size 1, else the default group
-
-    def __post_init__(self):
-        for name in ("tp", "dp_attention", "ep"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if self.world_size % self.ep:
-            raise ConfigError(f"ep={self.ep} does not divide the world size {self.world_size} "
-                              f"(tp {self.tp} x dp_attention {self.dp_attention})")
-        if not 0 <= self.rank < self.world_size:
-            raise ConfigError(f"rank {self.rank} is outside the world of {self.world_size} ranks")
-
-    @property
-    def world_size(self) -> int:
-        return self.tp * self.dp_attention
-
-    @property
-    def tp_rank(self) -> int:
-        return self.rank % self.tp
-
-    @property
-    def dp_rank(self) -> int:
-        """Which DP-attention group (= TP group) this rank serves requests for."""
-        return self.rank // self.tp
-
-    @property
-    def ep_rank(self) -> int:
-        return self.rank % self.ep
-
-    @property
-    def ep_members(self) -> list[int]:
-        first = self.rank // self.ep * self.ep
-        return list(range(first, first + self.ep))
-
-    @classmethod
-    def single(cls) -> "ParallelGroups":
-        return cls(tp=1, dp_attention=1, ep=1)
-
-    @classmethod
-    def create(cls, tp: int, dp_attention: int, ep: int) -> "ParallelGroups":
-        """Make the TP and EP groups of an initialised default process group. Every rank must call it
-        (torch.distributed.new_group is collective)."""
-        world, rank = dist.get_world_size(), dist.get_rank()
-        if tp * dp_attention != world:
-            raise ConfigError(f"the layout tp {tp} x dp_attention {dp_attention} = {tp * dp_attention} ranks, but "
-                              f"{world} processes were launched")
-        groups = cls(tp=tp, dp_attention=dp_attention, ep=ep, rank=rank)  # validates before new_group
-        tp_group = _new_groups(world, tp, rank)
-        ep_group = _new_groups(world, ep, rank)
-        return cls(tp=tp, dp_attention=dp_attention, ep=ep, rank=rank, tp_group=tp_group, ep_group=ep_group,
-                   world_group=dist.group.WORLD if groups.world_size > 1 else None)
-
-
-def _new_groups(world: int, size: int, rank: int) -> Optional[dist.ProcessGroup]:
-    """Contiguous groups of `size` ranks; returns this rank's (None when size is 1)."""
-    if size == 1:
-        return None
-    if size == world:
-        return dist.group.WORLD
-    mine = None
-    for first in range(0, world, size):
-        g = dist.new_group(list(range(first, first + size)))
-        if first <= rank < first + size:
-            mine = g
-    return mine
-
-
-def _all_reduce(t: Tensor, group: Optional[dist.ProcessGroup]) -> Tensor:
-    if group is not None:
-        dist.all_reduce(t, group=group)
-    return t
-
-
-def _all_gather(out: Tensor, t: Tensor, group: dist.ProcessGroup) -> Tensor:
-    """out [n * rows, ...] = every member's t [rows, ...], concatenated in rank order."""
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the newer name since torch 2.13
-    gather(out, t.contiguous(), group=group)
-    return out
-
-
-def _reduce_scatter(out: Tensor, t: Tensor, group: dist.ProcessGroup) -> Tensor:
-    """out [rows, ...] = this member's block of rows of the sum over members of t [n * rows, ...]."""
-    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-    scatter(out, t.contiguous(), group=group)
-    return out
-
-
-# ---- layout checks (config only: run them before anything is loaded) --------------------------------
-
-def check_layout(config, tp: int, dp_attention: int, ep: int, fp8_weights: bool) -> None:
-    """ConfigError when the model cannot be split this way: heads, intermediate sizes or experts not
-    divisible, or (fp8_weights: block-scaled weights kept fp8) a shard that would cut a 128-block."""
-    ParallelGroups(tp=tp, dp_attention=dp_attention, ep=ep)  # positive, ep | world
-    c = config
-    H = c.num_attention_heads
-    if H % tp:
-        raise ConfigError(f"tp={tp} does not divide num_attention_heads={H}; tp must divide {H}")
-    has_moe = c.first_k_dense_replace < c.num_hidden_layers
-    if has_moe and c.n_routed_experts % ep:
-        raise ConfigError(f"ep={ep} does not divide n_routed_experts={c.n_routed_experts}")
-    split = {  # name: (size split over tp, what it is)
-        "q_b_proj": (H * c.qk_head_dim, "rows"),
-        "kv_b_proj": (H * (c.qk_nope_head_dim + c.v_head_dim), "rows"),
-        "o_proj": (H * c.v_head_dim, "columns"),
-    }
-    if c.first_k_dense_replace > 0:
-        split["dense mlp (intermediate_size)"] = (c.intermediate_size, "rows/columns")
-    if has_moe and c.n_shared_experts:
-        split["shared_experts"] = (c.moe_intermediate_size * c.n_shared_experts, "rows/columns")
-    for name, (n, what) in split.items():
-        if n % tp:
-            raise ConfigError(f"tp={tp} does not divide {name} ({n} {what})")
-        if fp8_weights and tp > 1 and (n // tp) % WEIGHT_BLOCK:
-            raise ConfigError(
-                f"tp={tp} would split the 128x128 fp8 blocks of {name}: {n // tp} {what} per rank is not a multiple "
-                f"of {WEIGHT_BLOCK} (weight_scale_inv cannot be cut there); load the weights dequantised (weights "
-                f"bf16) or use a tp that keeps every shard 128-aligned")
 
 
 # ---- what each rank holds ----------------------------------------------------------------------------
@@ -226,129 +95,6 @@ class Sharding:
             return None if part is None else part.slices(shape, WEIGHT_BLOCK)
         part = self.shards.get(name)
         return None if part is None else part.slices(shape)
-
-
-# ---- parallel modules --------------------------------------------------------------------------------
-
-class RowParallelLinear(Linear):
-    """A Linear holding a slice of the input features; the partial outputs are summed over `group`."""
-
-    def __init__(self, in_features: int, out_features: int, ops, *, fp8: bool, ue8m0: bool, dtype: torch.dtype,
-                 group: Optional[dist.ProcessGroup]):
-        super().__init__(in_features, out_features, ops, fp8=fp8, ue8m0=ue8m0, dtype=dtype)
-        self.group = group
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _all_reduce(super().forward(x), self.group)
-
-
-class VocabParallelEmbedding(nn.Module):
-    """Rows [start, stop) of the embedding; ids outside them contribute zeros to the TP all-reduce."""
-
-    def __init__(self, vocab_size: int, dim: int, start: int, stop: int, dtype: torch.dtype,
-                 group: Optional[dist.ProcessGroup]):
-        super().__init__()
-        self.num_embeddings, self.start, self.stop, self.group = vocab_size, start, stop, group
-        self.weight = nn.Parameter(torch.empty(stop - start, dim, dtype=dtype), requires_grad=False)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        mine = (ids >= self.start) & (ids < self.stop)
-        h = F.embedding(torch.where(mine, ids - self.start, 0), self.weight)  # [T, D]
-        h = h * mine.unsqueeze(-1).to(h.dtype)
-        return _all_reduce(h, self.group)
-
-
-class VocabParallelLMHead(nn.Module):
-    """Rows [start, stop) of lm_head (shards of `per_rank` rows, the last may be short); logits all-gathered."""
-
-    def __init__(self, dim: int, vocab_size: int, start: int, stop: int, per_rank: int, tp: int, dtype: torch.dtype,
-                 group: Optional[dist.ProcessGroup]):
-        super().__init__()
-        self.vocab_size, self.per_rank, self.tp, self.group = vocab_size, per_rank, tp, group
-        self.weight = nn.Parameter(torch.empty(stop - start, dim, dtype=dtype), requires_grad=False)
-
-    def forward(self, h: Tensor) -> Tensor:
-        local = F.linear(h, self.weight)  # [T, V/tp]
-        if self.group is None:
-            return local
-        local = F.pad(local, (0, self.per_rank - local.shape[-1]))
-        out = torch.empty(self.tp * local.shape[0], local.shape[1], dtype=local.dtype, device=local.device)
-        out = _all_gather(out, local, self.group).view(self.tp, *local.shape)  # [tp, T, V/tp]
-        return out.permute(1, 0, 2).flatten(1)[:, : self.vocab_size]  # [T, V]
-
-
-class ParallelMoE(MoE):
-    """MoE with this rank's routed experts and its TP slice of the shared expert (see the module doc)."""
-
-    def __init__(self, moe: MoE, groups: ParallelGroups, first: int, count: int):
-        nn.Module.__init__(self)
-        self.ops, self.ue8m0, self.top_k = moe.ops, moe.ue8m0, moe.top_k
-        self.n_experts, self.first, self.n_local = moe.n_experts, first, count
-        self.gate, self.experts, self.shared_experts = moe.gate, moe.experts, moe.shared_experts
-        self.ep_group, self.tp_group, self.ep_rank = groups.ep_group, groups.tp_group, groups.ep_rank
-        # which members of the EP group contribute tokens: the first rank of each DP group in it
-        dp_of = [r // groups.tp for r in groups.ep_members]
-        self.contributes = [i == 0 or dp_of[i] != dp_of[i - 1] for i in range(len(dp_of))]
-        self.my_contributor = dp_of.index(groups.dp_rank)  # member whose tokens are this rank's tokens
-        self.gather = len(set(dp_of)) > 1  # the EP group spans DP groups: tokens must travel
-        self.fused = groups.ep == groups.tp and groups.tp > 1  # EP group == TP group: one all-reduce for both
-
-    def forward(self, x: Tensor) -> Tensor:
-        shared = self.shared_experts(x).float() if self.shared_experts is not None else None  # TP partial
-        if not self.gather:
-            y = self._routed(x)  # [T, D] fp32, this rank's experts only
-            if self.fused:
-                y = y + shared if shared is not None else y
-                return _all_reduce(y.to(x.dtype), self.ep_group)
-            y = _all_reduce(y.to(x.dtype), self.ep_group).float()
-        else:
-            y = self._routed_across_dp(x).float()
-        if shared is not None:
-            y = y + _all_reduce(shared.to(x.dtype), self.tp_group).float()
-        return y.to(x.dtype)
-
-    def _routed_across_dp(self, x: Tensor) -> Tensor:
-        """All-gather the EP group's distinct tokens, run this rank's experts, return this rank's rows."""
-        T, D = x.shape
-        ep = len(self.contributes)
-        me = self.contributes[self.ep_rank]
-        counts = torch.empty(ep, dtype=torch.int64, device=x.device)
-        _all_gather(counts, torch.tensor([T if me else 0], device=x.device), self.ep_group)
-        counts = counts.tolist()
-        t_max = max(counts)
-        mine = torch.zeros(t_max, D, dtype=x.dtype, device=x.device)
-        if me:
-            mine[:T] = x
-        gathered = torch.empty(ep * t_max, D, dtype=x.dtype, device=x.device)
-        _all_gather(gathered, mine, self.ep_group)  # [ep * t_max, D]
-        rows = torch.cat([torch.arange(i * t_max, i * t_max + n, device=x.device) for i, n in enumerate(counts)])
-        y = self._routed(gathered[rows]).to(x.dtype)  # [N, D] partial: this rank's experts
-        if all(self.contributes):  # every member has its own tokens: reduce-scatter the padded rows
-            padded = torch.zeros(ep * t_max, D, dtype=x.dtype, device=x.device).index_copy_(0, rows, y)
-            out = torch.empty(t_max, D, dtype=x.dtype, device=x.device)
-            return _reduce_scatter(out, padded, self.ep_group)[:T]
-        dist.all_reduce(y, group=self.ep_group)  # TP ranks of a DP group contributed nothing: sum everything
-        start = sum(counts[: self.my_contributor])
-        return y[start : start + T]
-
-    def _routed(self, x: Tensor) -> Tensor:
-        """sum over the (token, slot) pairs routed to this rank's experts of w * expert(x) -> [N, D] fp32."""
-        N, D = x.shape
-        weights, experts = self.gate(x)  # [N, k] each, global expert ids
-        local = (experts - self.first).flatten()  # [N*k]
-        pairs = ((local >= 0) & (local < self.n_local)).nonzero().squeeze(1)
-        out = torch.zeros(N, D, dtype=torch.float32, device=x.device)
-        if pairs.numel() == 0:
-            return out
-        order = local[pairs].argsort(stable=True)
-        pairs = pairs[order]  # pairs held here, sorted by local expert
-        token = pairs // self.top_k
-        m_sizes = torch.bincount(local[pairs], minlength=self.n_local)  # [E_local]
-        xs = self._quantise(x[token])
-        h = F.silu(self._grouped(xs, "gate_proj", m_sizes, x.dtype)) * self._grouped(xs, "up_proj", m_sizes, x.dtype)
-        y = self._grouped(self._quantise(h), "down_proj", m_sizes, x.dtype)
-        y = y.float() * weights.flatten()[pairs, None]
-        return out.index_add_(0, token, y)
 
 
 # ---- the pass ----------------------------------------------------------------------------------------
