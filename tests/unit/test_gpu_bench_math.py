@@ -1,5 +1,5 @@
-"""dsa/bench/gpu_ops.py: the shape / FLOP / byte arithmetic behind its roofline columns (no GPU needed),
-and its refusal to run without one."""
+"""dsa/bench/gpu_costs.py: the shape / FLOP / byte arithmetic behind the roofline columns of
+`python -m dsa.bench.gpu_ops` (no GPU needed), and that command's refusal to run without a GPU."""
 from __future__ import annotations
 
 import subprocess
@@ -10,9 +10,9 @@ import pytest
 
 @pytest.fixture(scope="module")
 def bench():
-    from dsa.bench import gpu_ops
+    from dsa.bench import gpu_costs
 
-    return gpu_ops
+    return gpu_costs
 
 
 def test_671b_dimensions(bench):
