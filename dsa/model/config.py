@@ -7,15 +7,40 @@ checkpoint) and `rope_parameters` (newer transformers) are understood.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from dsa.errors import ConfigError
+from dsa.model.fields import float_problem, int_problem, read_json, show
 
 MODEL_TYPES = ("deepseek_v32",)
+
+# Integer fields: name -> [lo, hi]. The upper bounds are far above any real model (the 671B release: vocab
+# 129280, hidden 7168, 61 layers, 128 heads, 256 experts, 163840 positions) and keep the planner's loops
+# over heads, layers and experts short. Zero is allowed only where it means "none" (dense-only models,
+# no shared experts, no MTP layer); relations between fields are checked in ModelConfig.validate.
+INT_FIELDS: dict[str, tuple[int, int]] = {
+    "vocab_size": (1, 1 << 24), "hidden_size": (1, 1 << 20), "intermediate_size": (1, 1 << 22),
+    "moe_intermediate_size": (0, 1 << 22), "num_hidden_layers": (1, 1 << 12), "num_attention_heads": (1, 1 << 14),
+    "q_lora_rank": (1, 1 << 20), "kv_lora_rank": (1, 1 << 20), "qk_nope_head_dim": (1, 1 << 14),
+    "qk_rope_head_dim": (1, 1 << 14), "v_head_dim": (1, 1 << 14), "n_routed_experts": (0, 1 << 16),
+    "n_shared_experts": (0, 1 << 10), "num_experts_per_tok": (0, 1 << 16), "n_group": (0, 1 << 16),
+    "topk_group": (0, 1 << 16), "first_k_dense_replace": (0, 1 << 12), "index_n_heads": (1, 1 << 14),
+    "index_head_dim": (1, 1 << 14), "index_topk": (1, 1 << 24), "max_position_embeddings": (1, 1 << 26),
+    "num_nextn_predict_layers": (0, 64), "bos_token_id": (0, 1 << 24), "eos_token_id": (0, 1 << 24),
+}
+# Float fields: name -> (lo, hi, lo excluded, hi excluded). rope_theta > 1: YaRN divides by log(theta).
+FLOAT_FIELDS: dict[str, tuple[float, float, bool, bool]] = {
+    "routed_scaling_factor": (0.0, 1e6, True, False), "rope_theta": (1.0, 1e12, True, False),
+    "rms_norm_eps": (0.0, 1.0, True, True),
+}
+# rope_scaling's numbers: factor divides frequencies, the betas go through log(L0 / (2 pi beta)).
+ROPE_FLOATS: dict[str, tuple[float, float, bool, bool]] = {
+    "factor": (0.0, 1e6, True, False), "beta_fast": (0.0, 1e6, True, False), "beta_slow": (0.0, 1e6, True, False),
+    "mscale": (0.0, 1e3, False, False), "mscale_all_dim": (0.0, 1e3, False, False),
+}
 
 
 @dataclass(frozen=True)
@@ -124,7 +149,7 @@ class ModelConfig:
         model_type = raw.get("model_type")
         if model_type not in MODEL_TYPES:
             raise ConfigError(
-                f"{source}: model_type is {model_type!r}, but this runtime runs {', '.join(MODEL_TYPES)} "
+                f"{source}: model_type is {show(model_type)}, but this runtime runs {', '.join(MODEL_TYPES)} "
                 "(DeepSeek-V3.2). Point --model at a DeepSeek-V3.2 checkpoint."
             )
         names = {f.name for f in fields(cls)}
@@ -139,15 +164,15 @@ class ModelConfig:
             values["rope_theta"] = rope["rope_theta"]
         q = raw.get("quantization_config")
         values["quantization_config"] = _quantization(q, source) if q else None
-        if isinstance(values.get("eos_token_id"), list):
-            values["eos_token_id"] = values["eos_token_id"][0]
-        for name, value in values.items():
-            if name in ("rope_scaling", "quantization_config", "model_type", "scoring_func", "topk_method"):
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                if name in ("norm_topk_prob", "tie_word_embeddings") and isinstance(value, bool):
-                    continue
-                raise ConfigError(f"{source}: field {name} must be a number, got {value!r}")
+        eos = values.get("eos_token_id")
+        if isinstance(eos, list):  # generation-style list of eos ids: the first is the model's
+            if not eos:
+                raise ConfigError(f"{source}: field eos_token_id is an empty list; give the eos token id")
+            for i, v in enumerate(eos):
+                problem = int_problem(v, lo=0)
+                if problem:
+                    raise ConfigError(f"{source}: field eos_token_id[{i}] {problem}")
+            values["eos_token_id"] = eos[0]
         config = cls(**values)
         config.validate(source)
         return config
@@ -160,9 +185,10 @@ class ModelConfig:
         if not path.is_file():
             raise ConfigError(f"model config {path} not found; pass a checkpoint directory or a config.json")
         try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path}: not valid JSON ({err}); re-download config.json") from None
+            text = path.read_bytes()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
+        raw = read_json(text, lambda why: ConfigError(f"{path}: not valid JSON ({why}); re-download config.json"))
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a JSON object")
         return cls.from_dict(raw, str(path))
@@ -171,11 +197,22 @@ class ModelConfig:
         def bad(msg: str):
             raise ConfigError(f"{source}: {msg}")
 
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "kv_lora_rank",
-                     "q_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "index_n_heads",
-                     "index_head_dim", "index_topk", "max_position_embeddings", "intermediate_size"):
-            if getattr(self, name) <= 0:
-                bad(f"{name} must be positive, got {getattr(self, name)}")
+        for name, (lo, hi) in INT_FIELDS.items():
+            problem = int_problem(getattr(self, name), lo, hi)
+            if problem:
+                bad(f"field {name} {problem}")
+        for name, (lo, hi, lo_open, hi_open) in FLOAT_FIELDS.items():
+            problem = float_problem(getattr(self, name), lo, hi, lo_open=lo_open, hi_open=hi_open)
+            if problem:
+                bad(f"field {name} {problem}")
+        for name in ("norm_topk_prob", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                bad(f"field {name} must be true or false, got {show(getattr(self, name))}")
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(self, name) >= self.vocab_size:
+                bad(f"field {name} ({getattr(self, name)}) must be < vocab_size ({self.vocab_size})")
+        if self.rope_scaling is not None:
+            _check_rope(self.rope_scaling, bad)
         if self.qk_rope_head_dim % 2:
             bad(f"qk_rope_head_dim must be even for RoPE, got {self.qk_rope_head_dim}")
         if self.index_head_dim & (self.index_head_dim - 1):
@@ -198,7 +235,7 @@ class ModelConfig:
                 bad(f"num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, topk_group * experts per group]")
         if self.scoring_func != "sigmoid" or self.topk_method != "noaux_tc":
             bad("only scoring_func=sigmoid with topk_method=noaux_tc is supported, "
-                f"got {self.scoring_func}/{self.topk_method}")
+                f"got {show(self.scoring_func)}/{show(self.topk_method)}")
         if self.tie_word_embeddings:
             bad("tie_word_embeddings must be false for DeepSeek-V3.2")
 
@@ -207,14 +244,24 @@ def _rope_scaling(rope: Any, source: str) -> Optional[RopeScaling]:
     if not rope:
         return None
     if not isinstance(rope, dict):
-        raise ConfigError(f"{source}: rope_scaling must be an object, got {rope!r}")
+        raise ConfigError(f"{source}: rope_scaling must be an object, got {show(rope)}")
     kind = rope.get("type", rope.get("rope_type", "yarn"))
     if kind == "default":
         return None
     if kind != "yarn":
-        raise ConfigError(f"{source}: rope_scaling type {kind!r} is not supported (DeepSeek-V3.2 uses 'yarn')")
+        raise ConfigError(f"{source}: rope_scaling type {show(kind)} is not supported (DeepSeek-V3.2 uses 'yarn')")
     known = {f.name for f in fields(RopeScaling)}
     return RopeScaling(**{k: v for k, v in rope.items() if k in known and k != "type"})
+
+
+def _check_rope(rs: RopeScaling, bad) -> None:
+    for name, (lo, hi, lo_open, hi_open) in ROPE_FLOATS.items():
+        problem = float_problem(getattr(rs, name), lo, hi, lo_open=lo_open, hi_open=hi_open)
+        if problem:
+            bad(f"field rope_scaling.{name} {problem}")
+    problem = int_problem(rs.original_max_position_embeddings, 1, 1 << 26)
+    if problem:
+        bad(f"field rope_scaling.original_max_position_embeddings {problem}")
 
 
 def _quantization(q: Any, source: str) -> QuantizationConfig:
@@ -222,13 +269,20 @@ def _quantization(q: Any, source: str) -> QuantizationConfig:
         raise ConfigError(f"{source}: quantization_config must be an object")
     if q.get("quant_method") != "fp8" or q.get("fmt", "e4m3") != "e4m3":
         raise ConfigError(
-            f"{source}: quantization {q.get('quant_method')!r}/{q.get('fmt')!r} is not supported; "
+            f"{source}: quantization {show(q.get('quant_method'))}/{show(q.get('fmt'))} is not supported; "
             "this runtime loads fp8 e4m3 block-scaled checkpoints (or unquantised bf16)"
         )
-    block = tuple(q.get("weight_block_size", (128, 128)))
-    if block != (128, 128):
+    block = q.get("weight_block_size", [128, 128])
+    if not isinstance(block, (list, tuple)) or len(block) != 2 or any(int_problem(b, 1) for b in block):
+        raise ConfigError(f"{source}: quantization_config.weight_block_size must be a list of two integers, "
+                          f"got {show(block)}")
+    if tuple(block) != (128, 128):
         raise ConfigError(f"{source}: weight_block_size {list(block)} is not supported; expected [128, 128]")
+    scheme, scale_fmt = q.get("activation_scheme", "dynamic"), q.get("scale_fmt")
+    if not isinstance(scheme, str):
+        raise ConfigError(f"{source}: quantization_config.activation_scheme must be a string, got {show(scheme)}")
+    if scale_fmt is not None and not isinstance(scale_fmt, str):
+        raise ConfigError(f"{source}: quantization_config.scale_fmt must be a string or null, got {show(scale_fmt)}")
     return QuantizationConfig(
-        quant_method="fp8", fmt="e4m3", activation_scheme=q.get("activation_scheme", "dynamic"),
-        scale_fmt=q.get("scale_fmt"), weight_block_size=block,
+        quant_method="fp8", fmt="e4m3", activation_scheme=scheme, scale_fmt=scale_fmt, weight_block_size=(128, 128),
     )
