@@ -11,21 +11,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
 from dsa.configs import CONFIG_DIR
-from dsa.errors import ConfigError, DsaError, OutputDirError
+from dsa.errors import ConfigError, DsaError, InputError, OutputDirError
 from dsa.io.checkpoint import INDEX_FILE
+from dsa.io.tokenizer_writer import TOKENIZER_FILES
 from dsa.model.config import ModelConfig
 
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
                        "weight_block_size": [128, 128]}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")  # shard_name's pattern
+CHECKPOINT_FILES = ("config.json", INDEX_FILE, *TOKENIZER_FILES)  # with the shards: every file we write
+MAX_SEED = 2**63  # seeds are integers in [0, 2**63), as in dsa.engine.args and SamplingParams
+log = logging.getLogger(__name__)
 
 ConfigSource = Union[str, Path, ModelConfig]
 
@@ -76,15 +85,158 @@ def shard_plan(config: ModelConfig, names: list[str], num_shards: int) -> dict[s
     return {name: unit(name) * num_shards // units for name in names}
 
 
+def is_checkpoint_file(name: str) -> bool:
+    """A file name `write_checkpoint` writes: config.json, the index, a shard or a tokenizer file."""
+    return name in CHECKPOINT_FILES or bool(_SHARD.match(name))
+
+
+def _foreign_entry(directory: Path) -> str | None:
+    """Why `directory` is not purely a checkpoint of ours (the first offending entry), or None.
+    Entries are looked at with lstat: a symlink is never followed, and is never a checkpoint file."""
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.is_symlink():
+            return f"{entry.name}, a symbolic link"
+        if not entry.is_file(follow_symlinks=False):
+            return f"{entry.name}, which is not a checkpoint file (a directory or special file)"
+        if not is_checkpoint_file(entry.name):
+            return f"{entry.name}, which is not a checkpoint file"
+    return None
+
+
+def _not_ours(directory: Path) -> str | None:
+    """Why `--overwrite` must not replace `directory`, or None when it is a checkpoint we could have written:
+    only checkpoint files, and a config.json that parses as a DeepSeek-V3.2 ModelConfig."""
+    foreign = _foreign_entry(directory)
+    if foreign is not None:
+        return foreign
+    if not (directory / "config.json").is_file():
+        return "no config.json, so it is not a checkpoint"
+    try:
+        ModelConfig.from_file(directory / "config.json")  # model_type must be DeepSeek-V3.2's
+    except DsaError as err:
+        return f"a config.json that is not a DeepSeek-V3.2 config ({err})"
+    except OSError as err:
+        return f"a config.json that cannot be read ({err.strerror})"
+    return None
+
+
+def _check_out_path(out_dir: Path) -> None:
+    """Refuse, before any work, an --out that could never be a fresh checkpoint directory."""
+    if str(out_dir) in ("", "."):
+        raise OutputDirError(f"--out {str(out_dir) or repr('')} is the current directory; give a new directory "
+                             "for the checkpoint")
+    resolved = out_dir.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise OutputDirError(f"--out {out_dir} is the current directory or one above it; give a new directory for "
+                             "the checkpoint")
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError):  # no home directory known
+        home = None
+    if resolved == Path(resolved.anchor) or resolved == home:
+        raise OutputDirError(f"--out {out_dir} is the {'root' if resolved == Path(resolved.anchor) else 'home'} "
+                             "directory; give a new directory for the checkpoint")
+
+
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.is_symlink():
+        raise OutputDirError(f"--out {out_dir} is a symbolic link; give the directory itself, or another --out")
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputDirError(f"{out_dir} exists and is not a directory; choose another --out")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise OutputDirError(f"{out_dir} is not empty; pass --overwrite to replace it, or choose another --out")
-        if not (out_dir / "config.json").is_file():
-            raise OutputDirError(f"{out_dir} is not empty and holds no config.json, so it is not a checkpoint; "
-                                 "refusing to delete it - choose another --out")
+        reason = _not_ours(out_dir)
+        if reason is not None:
+            raise OutputDirError(f"--out {out_dir} holds {reason}; refusing to overwrite (remove it or choose "
+                                 "another --out)")
+
+
+def _writer_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # exists, owned by someone else (or an impossible pid: treat as alive, leave it)
+    return True
+
+
+def _remove_checkpoint_dir(directory: Path) -> bool:
+    """Unlink the checkpoint files of `directory` (never following a symlink), then the directory itself;
+    anything else in it stays, and so does the directory. True when it is gone."""
+    try:
+        for entry in os.scandir(directory):
+            if entry.is_file(follow_symlinks=False) and not entry.is_symlink() and is_checkpoint_file(entry.name):
+                os.unlink(entry.path)
+        os.rmdir(directory)
+    except OSError:
+        return False
+    return True
+
+
+def _reclaim_stale(out_dir: Path) -> None:
+    """Remove what a killed writer of `out_dir` left beside it: `.NAME.partial-PID-*` directories holding only
+    checkpoint files, and `.NAME.old-PID-*` directories holding only `replaced/` with only checkpoint files
+    (once `out_dir` itself is in place), whose writer process PID is gone. Anything else is left alone."""
+    pattern = re.compile(rf"^\.{re.escape(out_dir.name)}\.(partial|old)-(\d+)-[A-Za-z0-9_]+$")
+    try:
+        entries = list(os.scandir(out_dir.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or entry.is_symlink() or not entry.is_dir(follow_symlinks=False) or _writer_alive(int(m.group(2))):
+            continue
+        path = Path(entry.path)
+        try:
+            if m.group(1) == "partial":
+                if _foreign_entry(path) is None and _remove_checkpoint_dir(path):
+                    log.info("removed %s, left by a writer that is gone", path)
+                continue
+            inner = [e.name for e in os.scandir(path)]
+            replaced = path / "replaced"
+            if (inner == ["replaced"] and out_dir.is_dir() and not replaced.is_symlink() and replaced.is_dir()
+                    and _foreign_entry(replaced) is None and _remove_checkpoint_dir(replaced)):
+                os.rmdir(path)
+                log.info("removed %s, left by a writer that is gone", path)
+        except OSError:
+            continue
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while a checkpoint was being written."""
+
+
+@contextmanager
+def _sigterm_aborts(out_dir: Path):
+    """For the duration of the write, SIGTERM raises `_Terminated` (so the partial directory is removed, like
+    on Ctrl-C); afterwards the previous handler is restored and a caught SIGTERM is delivered to it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous in (signal.SIG_IGN, None):  # ignored, or a handler not installed from Python: leave it be
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        log.warning("terminated (SIGTERM) while writing %s; removed the partial checkpoint, nothing was written",
+                    out_dir)
+        signal.raise_signal(signal.SIGTERM)  # the default action ends the process here; a handler runs
+        raise OutputDirError("interrupted by SIGTERM; nothing was written") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _umask() -> int:
@@ -125,41 +277,63 @@ def _write_into(tmp: Path, raw: dict, config: ModelConfig, *, fp8: bool, seed: i
         os.chmod(f, 0o666 & ~_umask())
 
 
+def _check_arguments(seed, num_shards) -> None:
+    """Seeds are integers in [0, 2**63) (as `dsa run --seed` and EngineArgs.weights_seed); shards integers."""
+    def integer(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not integer(seed) or not 0 <= seed < MAX_SEED:
+        raise InputError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
+    if not integer(num_shards):
+        raise InputError(f"--shards must be an integer, got {num_shards!r}")
+
+
 def write_checkpoint(source: ConfigSource, out_dir: str | Path, *, fp8: bool, seed: int = 0, num_shards: int = 3,
                      overwrite: bool = False) -> Path:
     """Write a random-weight checkpoint of `source`'s config into `out_dir` (see the module doc); returns
-    the directory. A non-empty `out_dir` is replaced only with `overwrite` (and only if it is a checkpoint)."""
+    the directory. A non-empty `out_dir` is replaced only with `overwrite`, and only if it holds nothing but
+    the files of a DeepSeek-V3.2 checkpoint. Partial directories that killed writers left are reclaimed."""
     from dsa.io.model_source import ModelSource, check_random_weights_fit
 
+    _check_arguments(seed, num_shards)
+    if isinstance(out_dir, str) and not out_dir.strip():
+        raise OutputDirError("--out is empty; give a new directory for the checkpoint")
+    out_dir = Path(out_dir).expanduser()
+    _check_out_path(out_dir)
     raw = load_config_json(source)
     config = ModelConfig.from_dict(raw, str(source))
-    out_dir = Path(out_dir).expanduser()
     check_random_weights_fit(ModelSource(out_dir.name, config, None))
     shard_plan(config, [], num_shards)  # validate the shard count before any work
     _prepare_out_dir(out_dir, overwrite)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-        _default_permissions(tmp)
-    except OSError as err:
-        raise OutputDirError(f"cannot create {out_dir} ({err.strerror}); choose a writable --out") from None
-    try:
-        _write_into(tmp, raw, config, fp8=fp8, seed=seed, num_shards=num_shards)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(old / "replaced")  # move aside, so a failed rename below loses nothing
-            try:
-                tmp.rename(out_dir)
-            except OSError:
-                (old / "replaced").rename(out_dir)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
+    _reclaim_stale(out_dir)
+    pid, old = os.getpid(), None
+    with _sigterm_aborts(out_dir):
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{pid}-", dir=out_dir.parent))
+            _default_permissions(tmp)
+        except OSError as err:
+            raise OutputDirError(f"cannot create {out_dir} ({err.strerror}); choose a writable --out") from None
+        try:
+            _write_into(tmp, raw, config, fp8=fp8, seed=seed, num_shards=num_shards)
+            if out_dir.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{pid}-", dir=out_dir.parent))
+                out_dir.rename(old / "replaced")  # move aside, so a failed rename below loses nothing
             tmp.rename(out_dir)
-    except BaseException as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError):
-            raise OutputDirError(f"writing {out_dir} failed ({err}); nothing was written - free space or "
-                                 "choose another --out") from None
-        raise
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)  # ours alone (rmtree never follows a symlink)
+            if old is not None:
+                try:
+                    if (old / "replaced").is_dir() and not out_dir.exists():
+                        (old / "replaced").rename(out_dir)  # put the old checkpoint back
+                    os.rmdir(old)  # only once empty: the old checkpoint is never deleted here
+                except OSError:
+                    log.warning("the previous checkpoint of %s is kept in %s", out_dir, old)
+            if isinstance(err, OSError):
+                raise OutputDirError(f"writing {out_dir} failed ({err}); nothing was written - free space or "
+                                     "choose another --out") from None
+            raise
+        if old is not None:  # unlink only checkpoint files, never following a symlink; anything else stays
+            if not (_remove_checkpoint_dir(old / "replaced") and _remove_checkpoint_dir(old)):
+                log.warning("could not remove all of the replaced checkpoint in %s; remove it by hand", old)
     return out_dir

@@ -20,6 +20,7 @@ UNK_TOKEN = "<｜▁unk▁｜>"
 SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN, UNK_TOKEN)  # ids 0..3
 CHAT_TOKENS = ("<｜User｜>", "<｜Assistant｜>")  # ids 260, 261 when the vocabulary has room
 DEFAULT_TEMPERATURE = 0.6  # the demo's default (docs/model-and-ops.md 2.4)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")  # what we write
 
 # DeepSeek's chat layout: bos, the system text, then <｜User｜>content / <｜Assistant｜>content<eos> turns.
 CHAT_TEMPLATE = (
@@ -95,7 +96,7 @@ def generation_config() -> dict:
 
 def write_tokenizer_files(out_dir: Path, *, vocab_size: int, max_length: int) -> None:
     """tokenizer.json, tokenizer_config.json and generation_config.json into `out_dir`."""
-    build_tokenizer(vocab_size).save(str(out_dir / "tokenizer.json"))
-    for name, content in (("tokenizer_config.json", tokenizer_config(max_length)),
-                          ("generation_config.json", generation_config())):
+    tokenizer_file, config_file, generation_file = TOKENIZER_FILES
+    build_tokenizer(vocab_size).save(str(out_dir / tokenizer_file))
+    for name, content in ((config_file, tokenizer_config(max_length)), (generation_file, generation_config())):
         (out_dir / name).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

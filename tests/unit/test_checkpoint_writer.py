@@ -177,7 +177,7 @@ def test_refuses_a_non_empty_directory(tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(OutputDirError, match="not empty.*--overwrite"):
         write_checkpoint("tiny", out, fp8=False)
-    with pytest.raises(OutputDirError, match="no config.json"):  # --overwrite never deletes a non-checkpoint
+    with pytest.raises(OutputDirError, match="holds keep.txt, which is not a checkpoint file"):  # never deleted
         write_checkpoint("tiny", out, fp8=False, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     (tmp_path / "file").write_text("x")
