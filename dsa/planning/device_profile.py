@@ -22,6 +22,7 @@ import yaml
 from dsa.configs import CONFIG_DIR
 from dsa.errors import ProfileError
 from dsa.hal import registry
+from dsa.model.fields import float_problem, is_int, show
 
 DEVICES_DIR = CONFIG_DIR / "devices"
 
@@ -41,6 +42,16 @@ _COLLECTIVE_PLATFORMS = {"nccl": ("cuda", "rocm"), "hccl": ("npu",), "gloo": PLA
 DTYPES = ("bf16", "fp16", "fp32")
 WEIGHT_FORMATS = ("fp8", "bf16")
 KV_DTYPES = ("bf16", "fp8")
+
+# Bounds of the numbers (far above any real machine): they keep the layout checks and searches, which
+# walk the divisors of the world size, short. MAX_NODES also bounds `--nodes` (check_node_count).
+MAX_NODES = 1024
+MAX_DEVICES_PER_NODE = 1024
+MAX_MEMORY_GB = 1e6  # per device, GiB
+MAX_PAGE_SIZE = 1 << 16  # tokens per KV cache page
+MAX_PARALLEL = MAX_NODES * MAX_DEVICES_PER_NODE  # tp, dp_attention, ep
+_INT_BOUNDS = {"devices_per_node": MAX_DEVICES_PER_NODE, "kv_cache.page_size": MAX_PAGE_SIZE, "layout.tp": MAX_PARALLEL,
+               "layout.dp_attention": MAX_PARALLEL, "layout.ep": MAX_PARALLEL, "layout.nodes": MAX_NODES}
 
 _TOP_KEYS = ("name", "description", "platform", "arch", "memory_gb", "devices_per_node", "fp8_format",
              "collective", "dtype", "weights", "kv_cache", "layout", "providers")
@@ -132,6 +143,9 @@ def _read_yaml(path: Path) -> Any:
         raise ProfileError(f"{_display(path)}: cannot read the profile ({err})") from None
     try:
         return yaml.safe_load(text)
+    except (ValueError, RecursionError) as err:  # an integer over Python's 4300-digit limit, nesting too deep
+        raise ProfileError(f"{_display(path)}: not a usable YAML document "
+                           f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from None
     except yaml.YAMLError as err:
         where = ""
         mark = getattr(err, "problem_mark", None)
@@ -139,6 +153,23 @@ def _read_yaml(path: Path) -> Any:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ProfileError(f"{_display(path)}: not valid YAML{where}: {problem}") from None
+
+
+def node_count_problem(nodes: Any) -> str | None:
+    """None if `nodes` is a node count the planner handles (1..MAX_NODES), else what is wrong with it."""
+    if not is_int(nodes) or nodes <= 0:
+        return f"must be a positive integer, got {show(nodes)}"
+    if nodes > MAX_NODES:
+        return f"must be at most {MAX_NODES}, got {show(nodes)}"
+    return None
+
+
+def check_node_count(nodes: Any, what: str = "nodes") -> int:
+    """`nodes` if it is 1..MAX_NODES, else ProfileError (a `--nodes 100000` search would take minutes)."""
+    problem = node_count_problem(nodes)
+    if problem:
+        raise ProfileError(f"{what} {problem} (this runtime plans for at most {MAX_NODES} nodes)")
+    return nodes
 
 
 def known_provider_names() -> set[str]:
@@ -177,20 +208,23 @@ def parse_profile(raw: Any, path: str | Path = "<profile>") -> DeviceProfile:
 
     def enum(key: str, allowed: tuple[str, ...], parent: dict = raw, prefix: str = "") -> str:
         value = req(key, parent, prefix)
-        if value not in allowed:
-            bad(prefix + key, f"{value!r} is not one of {', '.join(allowed)}")
+        if not isinstance(value, str) or value not in allowed:
+            bad(prefix + key, f"{show(value)} is not one of {', '.join(allowed)}")
         return value
 
     def pos_int(key: str, parent: dict = raw, prefix: str = "") -> int:
         value = req(key, parent, prefix)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            bad(prefix + key, f"must be a positive integer, got {value!r}")
+        if not is_int(value) or value <= 0:
+            bad(prefix + key, f"must be a positive integer, got {show(value)}")
+        hi = _INT_BOUNDS[prefix + key]
+        if value > hi:
+            bad(prefix + key, f"must be at most {hi}, got {show(value)}")
         return value
 
     def text(key: str) -> str:
         value = req(key)
         if not isinstance(value, str) or not value.strip():
-            bad(key, f"must be a non-empty string, got {value!r}")
+            bad(key, f"must be a non-empty string, got {show(value)}")
         return value
 
     name = text("name")
@@ -202,12 +236,14 @@ def parse_profile(raw: Any, path: str | Path = "<profile>") -> DeviceProfile:
     arch = req("arch")
     pattern = _ARCH_PATTERN.get(platform)
     if not isinstance(arch, str) or not (arch in ARCHS[platform] or (pattern and pattern.match(arch))):
-        bad("arch", f"{arch!r} is not an architecture of platform {platform} "
+        bad("arch", f"{show(arch)} is not an architecture of platform {platform} "
                     f"(expected one of {', '.join(ARCHS[platform])}"
                     + (", or another " + {"cuda": "sm<NN>", "rocm": "gfx<hex>"}[platform] if pattern else "") + ")")
     memory = req("memory_gb")
-    if isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0:
-        bad("memory_gb", f"must be a positive number (GiB per device), got {memory!r}")
+    if float_problem(memory, 0.0, None, lo_open=True):  # not a number, nan, inf, <= 0
+        bad("memory_gb", f"must be a positive number (finite, GiB per device), got {show(memory)}")
+    if memory > MAX_MEMORY_GB:
+        bad("memory_gb", f"must be at most {MAX_MEMORY_GB:g} (GiB per device), got {show(memory)}")
     devices_per_node = pos_int("devices_per_node")
     fp8_format = enum("fp8_format", FP8_FORMATS)
     if arch == "gfx942" and fp8_format != "e4m3fnuz":
@@ -225,7 +261,7 @@ def parse_profile(raw: Any, path: str | Path = "<profile>") -> DeviceProfile:
 
     kv_raw = req("kv_cache")
     if not isinstance(kv_raw, dict):
-        bad("kv_cache", f"must be a mapping {{dtype: bf16|fp8, page_size: N}}, got {kv_raw!r}")
+        bad("kv_cache", f"must be a mapping {{dtype: bf16|fp8, page_size: N}}, got {show(kv_raw)}")
     _check_keys(kv_raw, _KV_KEYS, "kv_cache.", bad)
     kv = KVCacheSpec(enum("dtype", KV_DTYPES, kv_raw, "kv_cache."), pos_int("page_size", kv_raw, "kv_cache."))
     if kv.dtype == "fp8" and fp8_format == "none":
@@ -233,7 +269,7 @@ def parse_profile(raw: Any, path: str | Path = "<profile>") -> DeviceProfile:
 
     lay_raw = req("layout")
     if not isinstance(lay_raw, dict):
-        bad("layout", f"must be a mapping {{tp, dp_attention, ep, nodes}}, got {lay_raw!r}")
+        bad("layout", f"must be a mapping {{tp, dp_attention, ep, nodes}}, got {show(lay_raw)}")
     _check_keys(lay_raw, _LAYOUT_KEYS, "layout.", bad)
     layout = LayoutSpec(*(pos_int(k, lay_raw, "layout.") for k in _LAYOUT_KEYS))
     devices = devices_per_node * layout.nodes
@@ -248,8 +284,8 @@ def parse_profile(raw: Any, path: str | Path = "<profile>") -> DeviceProfile:
     if not isinstance(prov_raw, dict):
         bad("providers", "must be a mapping from op name to an ordered list of provider names")
     for op in prov_raw:
-        if op not in registry.OPS:
-            bad(f"providers.{op}", f"unknown op (the ops are {', '.join(registry.OPS)})")
+        if not isinstance(op, str) or op not in registry.OPS:
+            bad(f"providers.{_key(op)}", f"unknown op (the ops are {', '.join(registry.OPS)})")
     missing = [op for op in registry.OPS if op not in prov_raw]
     if missing:
         bad("providers", f"missing op(s) {', '.join(missing)}: every op needs a preference list "
@@ -262,7 +298,7 @@ def parse_profile(raw: Any, path: str | Path = "<profile>") -> DeviceProfile:
         if isinstance(names, str):
             names = [names]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            bad(f"providers.{op}", f"must be a non-empty list of provider names, got {prov_raw[op]!r}")
+            bad(f"providers.{op}", f"must be a non-empty list of provider names, got {show(prov_raw[op])}")
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             bad(f"providers.{op}", f"provider(s) listed twice: {', '.join(dupes)}")
@@ -285,7 +321,12 @@ def parse_profile(raw: Any, path: str | Path = "<profile>") -> DeviceProfile:
 def _check_keys(raw: dict, allowed: tuple[str, ...], prefix: str, bad) -> None:
     for key in raw:
         if key not in allowed:
-            bad(f"{prefix}{key}", f"unknown key (allowed here: {', '.join(allowed)})")
+            bad(f"{prefix}{_key(key)}", f"unknown key (allowed here: {', '.join(allowed)})")
+
+
+def _key(key: Any) -> str:
+    """A YAML key for a message: a string as it is, anything else (a 0x... integer of 10000 digits) shortened."""
+    return key if isinstance(key, str) else show(key)
 
 
 def _divisors(n: int) -> list[int]:
@@ -293,4 +334,4 @@ def _divisors(n: int) -> list[int]:
 
 
 __all__ = ["DeviceProfile", "KVCacheSpec", "LayoutSpec", "load_profile", "list_profiles", "parse_profile",
-           "known_provider_names", "DEVICES_DIR"]
+           "known_provider_names", "DEVICES_DIR", "MAX_NODES", "check_node_count", "node_count_problem"]
