@@ -9,7 +9,6 @@ of `tensors`: plain decoding does not use it. The skip is logged once per checkp
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from dsa.errors import CheckpointError
 from dsa.io.safetensors_header import FLOAT_DTYPES, ST_NAME, TensorInfo, read_header
 from dsa.model.config import ModelConfig
+from dsa.model.fields import int_problem, read_json
 from dsa.model.transformer import LAYER_NAME, is_mtp_tensor
 
 log = logging.getLogger("dsa.loader")
@@ -109,10 +109,10 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
                                           f"{INDEX_FILE} a tensor must be in exactly one shard")
                 weight_map[name] = shard
 
-    skipped = sorted(n for n in weight_map if is_mtp_tensor(n, config))
+    skipped = sorted(n for n in weight_map if _is_mtp(n, config))
     wanted: dict[str, list[str]] = {}
     for name, shard in weight_map.items():
-        if not is_mtp_tensor(name, config):
+        if not _is_mtp(name, config):
             wanted.setdefault(shard, []).append(name)
     for shard, names in sorted(wanted.items()):
         if not (d / shard).is_file():
@@ -130,7 +130,7 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
                                       "it; the index and the shards disagree (re-download both)")
             tensors[name] = header[name]
         for name in header:
-            if weight_map.get(name) != shard and not is_mtp_tensor(name, config):
+            if weight_map.get(name) != shard and not _is_mtp(name, config):
                 raise CheckpointError(f"shard {shard} holds tensor {name}, which {index_path} "
                                       + (f"maps to {weight_map[name]}" if name in weight_map else "does not list")
                                       + "; the index and the shards disagree (re-download both)")
@@ -143,16 +143,29 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
 
 def _read_index(path: Path) -> dict[str, str]:
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read the index ({err}); re-download it") from None
+        text = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the index ({err.strerror or err}); re-download it") from None
+    raw = read_json(text, lambda why: CheckpointError(f"{path}: cannot read the index ({why}); re-download it"))
     weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{path}: expected an object with a \"weight_map\" of tensor name -> shard file name")
+    metadata = raw.get("metadata")
+    if isinstance(metadata, dict) and "total_size" in metadata:
+        problem = int_problem(metadata["total_size"], lo=0)
+        if problem:
+            raise CheckpointError(f"{path}: metadata.total_size {problem}; re-download it")
     for shard in set(weight_map.values()):
         if Path(shard).is_absolute() or ".." in Path(shard).parts:
             raise CheckpointError(f"{path}: shard {shard!r} must be a file name inside the checkpoint directory")
     return weight_map
+
+
+def _is_mtp(name: str, config: ModelConfig) -> bool:
+    """is_mtp_tensor, for any name a file may hold: a layer number of 5000 digits (int() refuses those) is no MTP
+    layer - the tensor is then reported as unexpected."""
+    m = LAYER_NAME.match(name)
+    return m is not None and len(m.group(1)) <= 18 and is_mtp_tensor(name, config)
 
 
 __all__ = ["Checkpoint", "open_checkpoint", "INDEX_FILE", "SINGLE_FILE", "MAX_LISTED_PROBLEMS"]

@@ -5,7 +5,6 @@ without reading any tensor data (a truncated download or a corrupt header is one
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,10 @@ from typing import Optional
 import torch
 
 from dsa.errors import CheckpointError
+from dsa.model.fields import read_json
 
 MAX_HEADER_BYTES = 100 << 20  # safetensors caps the JSON header at 100 MB
+MAX_RANK = 16  # dimensions of one tensor (the model's have at most 3); bounds the size arithmetic
 
 # safetensors dtype string -> (torch dtype, bytes per element)
 ST_DTYPES: dict[str, tuple[torch.dtype, int]] = {
@@ -68,10 +69,8 @@ def read_header(path: Path, shard: Optional[str] = None) -> dict[str, TensorInfo
     if n > size - 8:
         raise CheckpointError(f"shard {path} is truncated: its header needs {n + 8} bytes, the file has {size}; "
                               f"{redownload}")
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        header = None
+    header = read_json(raw, lambda why: CheckpointError(
+        f"shard {path}: corrupt safetensors header (not valid JSON: {why}); {redownload}"))
     if not isinstance(header, dict):
         raise CheckpointError(f"shard {path}: corrupt safetensors header (not a JSON object); {redownload}")
     header.pop("__metadata__", None)
@@ -82,8 +81,8 @@ def read_header(path: Path, shard: Optional[str] = None) -> dict[str, TensorInfo
         if not isinstance(entry, dict):
             raise CheckpointError(f"{bad} (not an object); {redownload}")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if not isinstance(dtype, str) or not _int_list(shape) or not _int_list(offsets) or len(offsets) != 2 \
-                or not 0 <= offsets[0] <= offsets[1]:
+        if not isinstance(dtype, str) or not _int_list(shape) or len(shape) > MAX_RANK or not _int_list(offsets) \
+                or len(offsets) != 2 or not 0 <= offsets[0] <= offsets[1]:
             raise CheckpointError(f"{bad} (expected dtype, shape and data_offsets [begin, end]); {redownload}")
         itemsize = ST_DTYPES.get(dtype, (None, None))[1]
         if itemsize is not None and offsets[1] - offsets[0] != math.prod(shape) * itemsize:
