@@ -96,8 +96,10 @@ def _foreign_entry(directory: Path) -> str | None:
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if entry.is_symlink():
             return f"{entry.name}, a symbolic link"
+        if entry.is_dir(follow_symlinks=False):
+            return f"{entry.name}/, a directory"
         if not entry.is_file(follow_symlinks=False):
-            return f"{entry.name}, which is not a checkpoint file (a directory or special file)"
+            return f"{entry.name}, a special file"
         if not is_checkpoint_file(entry.name):
             return f"{entry.name}, which is not a checkpoint file"
     return None
