@@ -10,11 +10,11 @@ jinja2 sandbox (dsa.io.chat_template). No Python shipped with a checkpoint is ex
 from __future__ import annotations
 
 import codecs
-import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from dsa.errors import TokenizerError
+from dsa.model.fields import int_problem, is_int, read_json
 
 BOS, EOS, PAD, UNK = 0, 1, 2, 3
 OFFSET = 4
@@ -142,9 +142,10 @@ def _read_json(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise TokenizerError(f"{path}: not valid JSON ({err}); re-download it") from None
+        text = path.read_bytes()
+    except OSError as err:
+        raise TokenizerError(f"{path}: cannot read it ({err.strerror or err}); re-download it") from None
+    data = read_json(text, lambda why: TokenizerError(f"{path}: not valid JSON ({why}); re-download it"))
     if not isinstance(data, dict):
         raise TokenizerError(f"{path}: expected a JSON object; re-download it")
     return data
@@ -157,9 +158,32 @@ def _token_text(value: Any) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def _ids(value: Any) -> list[int]:
+MAX_TOKEN_ID = (1 << 24) - 1  # ModelConfig's largest vocab_size, minus one
+
+
+def _ids(data: dict, key: str, path: Path, vocab_size: Optional[int] = None) -> list[int]:
+    """The token id(s) of `key` (bos_token_id / eos_token_id: an id or a list of ids; null or absent = none):
+    TokenizerError naming the file and the field for anything but integers in [0, vocab_size)."""
+    value = data.get(key)
+    if value is None:
+        return []
     values = value if isinstance(value, list) else [value]
-    return [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    hi = vocab_size - 1 if vocab_size is not None else MAX_TOKEN_ID
+    for i, v in enumerate(values):
+        problem = int_problem(v, 0, hi)
+        if problem:
+            where = f"{key}[{i}]" if isinstance(value, list) else key
+            big = vocab_size is not None and is_int(v) and v > hi
+            why = f" (the vocabulary has {vocab_size} tokens)" if big else ""
+            raise TokenizerError(f"{path}: {where} {problem}{why}; a token id is an integer, or a list of them")
+    return values
+
+
+def read_generation_config(path: Path, vocab_size: Optional[int] = None) -> tuple[list[int], list[int]]:
+    """bos and eos ids of a generation_config.json (each [] when absent or null; eos may list several).
+    No file: ([], []). Malformed JSON or ids that are not integers in [0, vocab_size): TokenizerError."""
+    data = _read_json(path) or {}
+    return _ids(data, "bos_token_id", path, vocab_size), _ids(data, "eos_token_id", path, vocab_size)
 
 
 def _chat_template(model_dir: Path, tok_config: dict) -> Optional[str]:
@@ -193,22 +217,24 @@ def load_tokenizer(model_dir: str | Path) -> HFTokenizer:
         raise TokenizerError(f"{path}: not a valid tokenizer.json ({str(err).splitlines()[0][:200]}); "
                              "re-download it") from None
     tok_config = _read_json(model_dir / "tokenizer_config.json") or {}
-    gen_config = _read_json(model_dir / "generation_config.json") or {}
     model_config = _read_json(model_dir / "config.json") or {}
+    limit = model_config.get("vocab_size")
+    limit = limit if is_int(limit) and 0 < limit <= MAX_TOKEN_ID + 1 else None  # else ModelConfig reports it
+    gen_bos, gen_eos = read_generation_config(model_dir / "generation_config.json", limit)
+    model_path = model_dir / "config.json"
 
     def token_id(text: Optional[str]) -> list[int]:
         found = tok.token_to_id(text) if text else None
         return [] if found is None else [found]
 
     bos_text, eos_text = _token_text(tok_config.get("bos_token")), _token_text(tok_config.get("eos_token"))
-    bos = (_ids(gen_config.get("bos_token_id")) or _ids(model_config.get("bos_token_id")) or token_id(bos_text))
-    eos = (_ids(gen_config.get("eos_token_id")) or _ids(model_config.get("eos_token_id")) or token_id(eos_text))
+    bos = gen_bos or _ids(model_config, "bos_token_id", model_path, limit) or token_id(bos_text)
+    eos = gen_eos or _ids(model_config, "eos_token_id", model_path, limit) or token_id(eos_text)
     if not eos:
         raise TokenizerError(f"{model_dir}: no eos token id in generation_config.json, config.json or "
                              "tokenizer_config.json; add eos_token_id to generation_config.json")
     vocab = tok.get_vocab(with_added_tokens=True)
-    limit = model_config.get("vocab_size")
-    if isinstance(limit, int) and vocab and max(vocab.values()) >= limit:
+    if limit is not None and vocab and max(vocab.values()) >= limit:
         raise TokenizerError(f"{path}: token ids reach {max(vocab.values())} but the model's vocab_size is {limit}; "
                              "the tokenizer does not belong to this model")
     bos_id = bos[0] if bos else None
