@@ -1,12 +1,15 @@
 """`dsa`: run | plan | devices | make-checkpoint | conformance. A thin layer over
 dsa.planning.device_profile / plan / build / engine.
 
-User errors (`DsaError`) print one line `error: ...` on stderr, no traceback, exit status 2.
+Exit status: 0 ok, 1 a failure (a conformance case failed, a bench measured nothing), 2 a usage or input
+error (`DsaError`: one line `error: ...` on stderr, no traceback), 130 interrupted. Several ranks: only
+rank 0 (RANK, set by torchrun and `--nproc`) prints the error line (dsa.dist.launch passes the others' on).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -14,6 +17,10 @@ from typing import Optional, Sequence
 from dsa.errors import DsaError, InputError
 
 DEFAULT_PROMPT = "DeepSeek Sparse Attention reads only the tokens that matter:"
+# reads of a prompt file / stdin stop at what the context can hold: a generous 16 bytes per token, plus slack
+BYTES_PER_TOKEN, READ_SLACK = 16, 4096
+# a rank other than 0 of a `--nproc` launch writes its error line to this file (the parent prints it if needed)
+ERROR_FILE_ENV = "DSA_RANK_ERROR_FILE"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -149,15 +156,50 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else "\ufffd" for c in text)
 
 
-def _read_prompt(args) -> str:
-    if args.prompt_file is not None:
-        try:
-            return args.prompt_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(f"prompt file {args.prompt_file} not found") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise InputError(f"cannot read prompt file {args.prompt_file}: {err}") from None
-    return DEFAULT_PROMPT if args.prompt is None else args.prompt
+def read_limit(max_seq_len: int) -> int:
+    """The most bytes of prompt text read from a file or one stdin line for a context of max_seq_len tokens."""
+    return max_seq_len * BYTES_PER_TOKEN + READ_SLACK
+
+
+def _read_prompt(args, max_seq_len: int) -> str:
+    if args.prompt_file is None:
+        return DEFAULT_PROMPT if args.prompt is None else args.prompt
+    path, limit = args.prompt_file, read_limit(max_seq_len)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # never more: /dev/zero or a huge file must not fill the memory
+    except FileNotFoundError:
+        raise InputError(f"--prompt-file {path} not found") from None
+    except OSError as err:
+        raise InputError(f"--prompt-file {path}: cannot read it: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise InputError(f"--prompt-file {path} is larger than the context can hold ({len(data)} bytes read, at most "
+                         f"{limit} for {max_seq_len} tokens); shorten it (or raise --max-seq-len)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"--prompt-file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def read_line(stream, limit: int) -> Optional[str]:
+    """One line of at most `limit` characters (without its newline), None at the end of the stream. A longer
+    line is read in bounded chunks, discarded up to its newline, and is an InputError (the caller goes on)."""
+    try:
+        line = stream.readline(limit + 1)
+        if not line:
+            return None
+        if line.endswith("\n") or len(line) <= limit:
+            return line.removesuffix("\n")
+        read = len(line)
+        while not line.endswith("\n"):
+            line = stream.readline(1 << 16)
+            if not line:
+                break
+            read += len(line)
+    except UnicodeDecodeError as err:
+        raise EOFError(f"stdin is not UTF-8 text ({err.reason})") from None
+    raise InputError(f"the line is longer than the context can hold (more than {limit} characters, {read} read); "
+                     "it was skipped")
 
 
 def cmd_run(args) -> int:
@@ -170,8 +212,8 @@ def cmd_run(args) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)  # validate before any heavy work
-    prompt = None if args.interactive else _read_prompt(args)
     setup = EngineArgs.from_cli(args).resolve()
+    prompt = None if args.interactive else _read_prompt(args, setup.max_seq_len)
     source, plan = setup.source, setup.plan
     plan.check_runnable(detect())
     # layout vs model and vs the launched processes: checked before any weight is read
@@ -240,12 +282,22 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
     if not args.interactive:
         answer(prompt)
         return 0
-    lines = sys.stdin if rank0 else iter(())
+    limit = read_limit(engine.max_seq_len)
     while True:
-        line = launch.broadcast(next(lines, None) if rank0 else None, groups)
+        line, problem = None, None
+        if rank0:
+            try:
+                line = read_line(sys.stdin, limit)
+            except InputError as err:  # an over-long line: refused, the session goes on
+                line, problem = "", str(err)
+                print(f"error: {err}", file=sys.stderr, flush=True)
+            except EOFError as err:  # undecodable stdin: the session ends with a user error
+                line, problem = None, str(err)
+        line = launch.broadcast(line, groups)
         if line is None:
+            if problem is not None and rank0:
+                raise InputError(problem)
             break
-        line = line.rstrip("\n")
         if line.strip() in ("exit", "quit"):
             break
         if line.strip():
@@ -253,7 +305,7 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
                 answer(line)
             except InputError as err:  # a bad prompt must not end the session
                 if rank0:
-                    print(f"error: {err}", file=sys.stderr)
+                    print(f"error: {err}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -302,18 +354,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # usage error (2) or --help (0): already printed
         return int(exit_.code or 0)
+    except KeyboardInterrupt:  # while torch is imported
+        _say("interrupted")
+        return 130
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `dsa run --nproc` passes it on to the ranks
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="[dsa] %(message)s")
     try:
         return COMMANDS[args.command](args)
     except DsaError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
     except BrokenPipeError:
         return 0
+
+
+def _say(line: str) -> None:
+    """The final error line: on stderr from rank 0 (or a single process) only. Another rank of a `--nproc`
+    launch leaves it in its error file, for the parent to print should rank 0 not speak."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(line, file=sys.stderr, flush=True)
+        return
+    path = os.environ.get(ERROR_FILE_ENV)
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
 
 
 if __name__ == "__main__":

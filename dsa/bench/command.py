@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import sys
 from pathlib import Path
 
 from dsa.errors import InputError
@@ -51,16 +53,77 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), help="end-to-end compute dtype, both engines (default fp32)")
 
 
+def _check_output(flag: str, path: Path) -> None:
+    """--json / --markdown: a file that can be written, checked before anything is measured."""
+    full = path.expanduser()
+    if full.is_dir():
+        raise InputError(f"cannot write {flag} {path}: it is a directory; give a file name")
+    parent = full.resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write {flag} {path}: its directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (full.exists() and not os.access(full, os.W_OK)):
+        raise InputError(f"cannot write {flag} {path}: not writable")
+
+
+def _check_providers(names: list[str], sections: tuple[str, ...]) -> None:
+    """--providers: known names, and at least one of them usable here when the op section runs."""
+    from dsa.bench.ops import provider_status
+    from dsa.hal import registry
+
+    if not names:
+        raise InputError("--providers: give at least one provider name")
+    registry.load_backends()
+    known = set(registry.KNOWN_PROVIDERS) | {n for op in registry.OPS for n in registry.providers(op)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InputError(f"--providers: unknown provider(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    if "ops" not in sections:
+        return
+    import torch
+
+    status = {s["provider"]: s for s in provider_status(torch.device("cuda" if torch.cuda.is_available() else "cpu"))}
+    if not any(status.get(n, {}).get("usable") for n in names):
+        why = "; ".join(f"{n}: {status.get(n, {}).get('reason') or 'not registered for these ops'}" for n in names)
+        raise InputError(f"--providers: none of {', '.join(names)} can run the op benchmark here ({why})")
+
+
+def _measured(result: dict) -> list[str]:
+    """The sections that measured something."""
+    done = []
+    if result.get("ops", {}).get("decode") or result.get("ops", {}).get("prefill"):
+        done.append("ops")
+    if result.get("e2e", {}).get("rows"):
+        done.append("e2e")
+    if result.get("cache", {}).get("rows"):
+        done.append("cache")
+    return done
+
+
 def cmd_bench(args) -> int:
-    from dsa.bench.run import SECTIONS, main_with, settings
+    import json
+
+    from dsa.bench.run import SECTIONS, clean, render, run, settings
 
     sections = tuple(args.sections) if args.sections else SECTIONS
+    if args.sections is not None and not sections:
+        raise InputError(f"--sections: give at least one of {', '.join(SECTIONS)}")
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise InputError(f"--sections: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
-    for path in (args.json, args.markdown):
-        if path is not None and not path.expanduser().resolve().parent.is_dir():
-            raise InputError(f"cannot write {path}: its directory does not exist")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None:
+            _check_output(flag, path)
+    if args.json is not None and args.markdown is not None and \
+            args.json.expanduser().resolve() == args.markdown.expanduser().resolve():
+        raise InputError(f"--json and --markdown are the same file ({args.json}); give two names")
+    if args.providers is not None:
+        _check_providers(args.providers, sections)
+    if sections == ("e2e",):
+        from dsa.bench.e2e import transformers_missing
+
+        reason = transformers_missing()
+        if reason:
+            raise InputError(f"--sections e2e: {reason}; nothing would be measured")
     s = settings(args.quick, decode_contexts=args.decode_contexts, prefill_tokens=args.prefill_tokens,
                  prefill_rows=args.prefill_rows, reps=args.reps, e2e_contexts=args.e2e_contexts,
                  e2e_steps=args.e2e_steps, e2e_reps=args.e2e_reps, dtype=args.dtype, threads=args.threads,
@@ -68,4 +131,15 @@ def cmd_bench(args) -> int:
                  sections=sections, providers=args.providers, e2e_rss=args.e2e_rss)
     argv = getattr(args, "argv", None)  # set by dsa.cli.main
     command = "dsa " + shlex.join(argv) if argv else "dsa bench"
-    return main_with(s, args.quick, args.json, args.markdown, command)
+    result = run(s, quick=args.quick, command=command)
+    text = render(result)
+    print(text, end="")
+    if not _measured(result):  # every section skipped or empty: not a success, and no report of nothing
+        print(f"error: dsa bench measured nothing (sections {', '.join(sections)} were all skipped or empty; "
+              "see the report above for why)", file=sys.stderr)
+        return 1
+    if args.json is not None:
+        args.json.expanduser().write_text(json.dumps(clean(result), indent=1, allow_nan=False) + "\n")
+    if args.markdown is not None:
+        args.markdown.expanduser().write_text(text)
+    return 0

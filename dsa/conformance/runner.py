@@ -63,6 +63,21 @@ def installed_providers() -> list[str]:
     return [n for n in registry.KNOWN_PROVIDERS if n in names] + sorted(names - set(registry.KNOWN_PROVIDERS))
 
 
+def check_keyword(keyword: Optional[str]) -> None:
+    """A malformed -k expression is a usage error, found before anything runs (pytest's own parser)."""
+    if keyword is None:
+        return
+    if not keyword.strip():
+        raise InputError("-k: the expression is empty")
+    from _pytest.mark import expression
+
+    errors = tuple(e for e in (getattr(expression, "ParseError", None), SyntaxError) if e is not None)
+    try:
+        expression.Expression.compile(keyword)
+    except errors as err:
+        raise InputError(f"-k {keyword!r} is not a valid expression: {getattr(err, 'msg', None) or err}") from None
+
+
 def choose_providers(names: Sequence[str] = (), profile=None) -> list[str]:
     """--provider names (validated), else the profile's preference lists in order, else all installed."""
     installed = installed_providers()
@@ -135,6 +150,7 @@ class Collector:
         self.keys: dict[str, tuple[str, str]] = {}
         self.errors: list[dict] = []  # collection errors (a broken test file fails the run)
         self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid -> (passed | failed | skipped, reason / message)
+        self.selected = 0  # cases collected and not deselected by -k
 
     def row(self, key: tuple[str, str]) -> Row:
         if key not in self.rows:
@@ -151,6 +167,7 @@ class Collector:
         return (HARNESS_ROW, "-")
 
     def pytest_collection_finish(self, session):  # after -k deselection
+        self.selected += len(session.items)
         for item in session.items:
             self.keys[item.nodeid] = self.key_of(item)
 
@@ -300,6 +317,7 @@ def run_conformance(
         import pytest  # noqa: F401
     except ImportError:
         raise DsaError("`dsa conformance` needs pytest: pip install 'dsa-runtime[conformance]'") from None
+    check_keyword(keyword)
     device = _prepare_environment()
     loaded = None
     if profile is not None:
@@ -315,11 +333,13 @@ def run_conformance(
     installed = set(installed_providers())
     rows: dict[tuple[str, str], Row] = {}
     errors: list[dict] = []
+    selected = 0
 
     collector = Collector(rows)
     if names:
         _run_pytest(_pytest_args(case_files(OP_TESTS), names, keyword), collector)
     errors += collector.errors
+    selected += collector.selected
 
     if model:
         from dsa.conformance import model_helpers as helpers
@@ -340,6 +360,7 @@ def run_conformance(
             _run_pytest(_pytest_args(case_files(MODEL_TESTS), (), keyword), collector,
                         env={MODEL_PROVIDER_ENV: name})
             errors += collector.errors
+            selected += collector.selected
             ops_run: dict = {}
             for (op, ran), calls in sorted(helpers.PROVIDER_CALLS.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
                 ops_run.setdefault(op, {})[str(ran)] = calls
@@ -354,6 +375,11 @@ def run_conformance(
                 row.skip_reasons[reason] += row.passed
                 row.skipped, row.passed, row.worst = row.skipped + row.passed, 0, {}
                 row.topk_rows, row.topk_bad_rows = 0, 0
+
+    if not selected and not errors:  # a run that checked nothing certifies nothing: not a pass
+        if keyword:
+            raise InputError(f"-k {keyword!r} matches no conformance case")
+        raise InputError("no conformance case ran (no provider to check, and --no-model); pass --provider NAME")
 
     notes = []
     if loaded is not None and (loaded.platform, loaded.arch) != (machine["platform"], machine["arch"]):
@@ -382,6 +408,7 @@ def run_conformance(
         "rows": [r.to_json() for r in _ordered(rows.values(), names)],
         "errors": errors,
     }
+    report_dir.mkdir(parents=True, exist_ok=True)
     write_report(report, report_dir)
     return report
 
@@ -399,11 +426,15 @@ def _ordered(rows, names: Sequence[str]) -> list[Row]:
 
 
 def _check_writable(report_dir: Path) -> None:
+    """Before anything runs, and without creating anything: report_dir is (or can be made) a writable
+    directory. It is created when the report is written."""
     if report_dir.exists() and not report_dir.is_dir():
         raise OutputDirError(f"--report {report_dir}: exists and is not a directory")
-    try:
-        report_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputDirError(f"--report {report_dir}: cannot create the directory: {err.strerror or err}") from None
-    if not os.access(report_dir, os.W_OK):
-        raise OutputDirError(f"--report {report_dir}: directory is not writable")
+    existing = report_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputDirError(f"--report {report_dir}: cannot create the directory: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "directory is not writable" if existing == report_dir.absolute() else f"{existing} is not writable"
+        raise OutputDirError(f"--report {report_dir}: {what}")

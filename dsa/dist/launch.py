@@ -99,32 +99,56 @@ def free_port() -> int:
 
 def spawn_local(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m dsa.cli *argv` as ranks 0..nproc-1 on this machine (torchrun's environment,
-    rendezvous on 127.0.0.1); rank 0 keeps stdin. Returns the first non-zero exit status, else 0. If a
-    rank fails, the others are stopped."""
+    rendezvous on 127.0.0.1); rank 0 keeps stdin. If a rank fails, the others are stopped. Returns rank 0's
+    status when it failed by itself (it printed its error line), else the first failing rank's (a signal N
+    is 128 + N), printing that rank's error line (ranks other than 0 leave it in a file, see dsa.cli); 0
+    when every rank succeeded; 130 when interrupted (rank 0 says so)."""
+    import tempfile
+
     port = free_port()
     path = os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)
     threads = ({} if "OMP_NUM_THREADS" in os.environ
                else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})
     procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="dsa-ranks-") as tmp:
+        errors = [Path(tmp) / f"rank{rank}.err" for rank in range(nproc)]
+        try:
+            for rank in range(nproc):
+                env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
+                           LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port), PYTHONPATH=path, DSA_RANK_ERROR_FILE=str(errors[rank]),
+                           **threads)  # like torchrun: ranks share the cores
+                procs.append(subprocess.Popen([sys.executable, "-m", "dsa.cli", *argv], env=env,
+                                              stdin=None if rank == 0 else subprocess.DEVNULL))
+            while True:
+                codes = [p.poll() for p in procs]
+                failed = next((r for r, c in enumerate(codes) if c not in (None, 0)), None)
+                if failed is not None:
+                    _stop(procs)
+                    return _failure(procs, failed, errors)
+                if all(c == 0 for c in codes):
+                    return 0
+                time.sleep(POLL_SECONDS)
+        except KeyboardInterrupt:
+            _stop(procs, signal.SIGINT)
+            return 130
+
+
+def _status(code: int) -> int:
+    return 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
+
+
+def _failure(procs: list[subprocess.Popen], failed: int, errors: list[Path]) -> int:
+    first = procs[0].returncode
+    if failed == 0 or (first is not None and first > 0):  # rank 0 failed by itself: it spoke
+        return _status(first)
     try:
-        for rank in range(nproc):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                       LOCAL_WORLD_SIZE=str(nproc), GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                       PYTHONPATH=path, **threads)  # like torchrun: ranks share the cores
-            procs.append(subprocess.Popen([sys.executable, "-m", "dsa.cli", *argv], env=env,
-                                          stdin=None if rank == 0 else subprocess.DEVNULL))
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = next((c for c in codes if c not in (None, 0)), None)
-            if failed is not None:
-                _stop(procs)
-                return failed
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(POLL_SECONDS)
-    except KeyboardInterrupt:
-        _stop(procs, signal.SIGINT)
-        return 130
+        line = errors[failed].read_text(encoding="utf-8").strip()
+    except OSError:
+        line = ""
+    print(line or f"error: rank {failed} of {len(procs)} exited with status {_status(procs[failed].returncode)}",
+          file=sys.stderr, flush=True)
+    return _status(procs[failed].returncode)
 
 
 def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:

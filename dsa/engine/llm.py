@@ -7,8 +7,12 @@
 
 Same path as `dsa run`: the keyword arguments are an EngineArgs (dsa.engine.args), resolved to a profile,
 a model source and a plan, then built. One device (a layout other than 1 x 1 is refused: run several
-ranks with `dsa run --nproc N`). Every invalid argument is an `InputError` (a `DsaError`) raised before
-any heavy work.
+ranks with `dsa run --nproc N`). Every error is a `DsaError`, raised before any heavy work where it can
+be, and its type says what is wrong (README, "Errors"): InputError = an argument (its type or range, an
+unknown option, a model path or name that does not exist, a profile for other hardware, a prompt too
+long); ProfileError = `device` names no profile or its .yaml is invalid; ConfigError = a config.json;
+CheckpointError = a checkpoint directory; TokenizerError = tokenizer files; NoProviderError = no
+implementation of an op can run here.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch
 from dsa.engine.args import EngineArgs
 from dsa.engine.engine import GenerationStats
 from dsa.engine.sampling import SamplingParams
-from dsa.errors import InputError
+from dsa.errors import DsaError, InputError
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,14 @@ class LLM:
             raise InputError("the LLM API runs on one device, got "
                              f"{', '.join(f'{k}={v}' for k, v in several.items())}; "
                              "run several ranks with `dsa run --nproc N` (or torchrun)")
-        setup = args.replace(tp=1, ep=1, dp_attention=1, nodes=1).resolve()
-        setup.plan.check_runnable(detect())
+        try:
+            setup = args.replace(tp=1, ep=1, dp_attention=1, nodes=1).resolve()
+            setup.plan.check_runnable(detect())
+        except DsaError as err:
+            if type(err) is not DsaError:  # already typed: ProfileError, ConfigError, CheckpointError, ...
+                raise
+            raise InputError(str(err)) from None  # untyped here: a model that does not exist, a profile for
+            # other hardware - both a bad argument
         self.args, self.setup = args, setup
         self.tokenizer = setup.tokenizer()
         self.source, self.config, self.plan = setup.source, setup.config, setup.plan
