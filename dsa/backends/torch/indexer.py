@@ -4,18 +4,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dsa.backends.torch import chunks
 from dsa.backends.torch.blocks import fp8_has_nan, fp8_to_float, to_float
 from dsa.hal.indexer_topk import check_args
 
-# Budget for one chunk of queries (~64 MiB): peak memory does not grow with T.
-_CHUNK_BYTES = 64 * 1024 * 1024
-_KEY_CHUNK = 4096  # keys scored at a time (see scores)
+# Chunk sizes (chunks.current(), read per call): keys scored at a time (`keys`, 4096, see scores) and
+# queries per chunk (`queries`, by default what fits the ~64 MiB budget: peak memory does not grow with T).
 
 
 def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
     """Masked index scores of a chunk of queries: [Tc, S] fp32, -inf where s is not visible.
 
-    Keys are scored _KEY_CHUNK at a time into reused buffers (their int16 and fp32 forms and the
+    Keys are scored chunks.current().keys at a time into reused buffers (their int16 and fp32 forms and the
     [chunk, Tc*H] logits), so the temporaries stay cache-sized however long the context is and no
     fresh pages are faulted in per chunk. Keys-major logits make one well-shaped GEMM
     ([chunk, D] x [D, Tc*H], ~1.5x faster here than the heads-major product for a decode step) and, for
@@ -25,15 +25,16 @@ def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
     S = k.shape[0]
     qf, w = to_float(q).reshape(Tc * H, D), weights.float()  # [Tc*H, D], [Tc, H]
     s = torch.empty(Tc, S, dtype=torch.float32, device=q.device)
-    n = min(S, _KEY_CHUNK)
+    key_chunk = chunks.current().keys
+    n = min(S, key_chunk)
     kbuf = torch.empty(n, D, dtype=torch.float32, device=q.device)
     lbuf = torch.empty(n, Tc * H, dtype=torch.float32, device=q.device)
     fp8 = k.dtype == torch.float8_e4m3fn
     nan = fp8 and fp8_has_nan(k)  # once for all chunks
     bits = torch.empty(n, D, dtype=torch.int16, device=q.device) if fp8 else None  # the cast's scratch
     qt = qf.t()  # [D, Tc*H]
-    for s0 in range(0, S, _KEY_CHUNK):
-        s1 = min(S, s0 + _KEY_CHUNK)
+    for s0 in range(0, S, key_chunk):
+        s1 = min(S, s0 + key_chunk)
         m = s1 - s0
         kc = (fp8_to_float(k[s0:s1], out=kbuf[:m], unscaled=True, has_nan=nan, scratch=bits[:m]) if fp8
               else k[s0:s1].float())  # [m, D]
@@ -61,7 +62,9 @@ def indexer_topk(
     kk = min(topk, S)
     if T == 0 or kk == 0:
         return out
-    chunk = max(1, _CHUNK_BYTES // (4 * H * min(S, _KEY_CHUNK) + 16 * S))  # logits + scores + top-k keys
+    sizes = chunks.current()
+    # default: logits + scores + top-k keys of a chunk within the budget
+    chunk = sizes.queries or max(1, sizes.budget_bytes // (4 * H * min(S, sizes.keys) + 16 * S))
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         sc = scores(q[t0:t1], weights[t0:t1], k, k_scale, starts[t0:t1], ends[t0:t1])  # [Tc, S]

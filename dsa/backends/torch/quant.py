@@ -4,11 +4,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dsa.backends.torch import chunks
 from dsa.backends.torch.blocks import dequant_rows, dequant_tiles
 from dsa.hal.fp8 import FP8_E4M3_MAX, SCALE_FLOOR, num_blocks, pow2_ceil
-
-# fp32 elements of one dequantised weight slice in fp8_linear (~64 MiB), bounding peak memory.
-_WEIGHT_CHUNK_ELEMS = 16 * 1024 * 1024
 
 
 def act_quant(x: Tensor, block_size: int, ue8m0: bool) -> tuple[Tensor, Tensor]:
@@ -48,10 +46,13 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale_inv: Tensor, ue8m0: bool)
     xq, xs = act_quant(x, 128, ue8m0)
     xd = dequant_rows(xq, xs).reshape(-1, K)  # [M, K] fp32
     y = torch.empty(xd.shape[0], N, dtype=torch.float32, device=x.device)
-    # Dequantise the weight in row slices (multiples of 128) so the fp32 copy stays bounded.
-    rows = max(128, (_WEIGHT_CHUNK_ELEMS // max(K, 1)) // 128 * 128)
+    # Dequantise the weight in row slices so the fp32 copy stays bounded: by default multiples of 128 rows
+    # within the chunk budget (fp32 elements = budget / 4); chunks.current().weight_rows may be any size.
+    sizes = chunks.current()
+    rows = sizes.weight_rows or max(128, (sizes.budget_bytes // 4 // max(K, 1)) // 128 * 128)
     for n0 in range(0, N, rows):
         n1 = min(N, n0 + rows)
-        wd = dequant_tiles(weight[n0:n1], weight_scale_inv[n0 // 128 : num_blocks(n1)])  # [n, K]
-        y[:, n0:n1] = xd @ wd.t()
+        b0 = n0 // 128  # the scale block holding row n0; a slice may start inside it
+        wd = dequant_tiles(weight[b0 * 128 : n1], weight_scale_inv[b0 : num_blocks(n1)])[n0 - b0 * 128 :]
+        y[:, n0:n1] = xd @ wd.t()  # wd [n1 - n0, K]
     return y.to(x.dtype).reshape(*x.shape[:-1], N)

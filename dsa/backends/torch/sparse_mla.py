@@ -13,13 +13,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from dsa.backends.torch import chunks
 from dsa.hal import kv_format
 from dsa.hal.sparse_mla_decode import check_args
 from dsa.hal.sparse_mla_prefill import check_args as check_prefill_args
 
-# Budget for one chunk's temporaries, ~64 MiB: the gathered keys exist about twice (the fetched copy
-# and its fp32 [Rc, K, Dqk] form) plus scores and probabilities.
-_CHUNK_BYTES = 64 * 1024 * 1024
+# Rows per chunk: chunks.current().rows, by default what fits the chunk budget (~64 MiB): the gathered
+# keys exist about twice (the fetched copy and its fp32 [Rc, K, Dqk] form) plus scores and probabilities.
 
 Fetch = Callable[[Tensor], Tensor]  # row ids [n] int64 (all valid) -> keys [n, Dqk] fp32, a new tensor
 Window = Callable[[int, int], Tensor]  # (lo, hi) -> keys of rows lo..hi-1 [hi - lo, Dqk] fp32
@@ -54,7 +54,8 @@ def attend_selected(q: Tensor, rows: Tensor, fetch: Fetch, sm_scale: float, d_v:
     rows, valid = _compact(rows, rows >= 0)  # [R, k], k = the most valid keys of any row (<= K)
     if rows.shape[1] == 0:
         return out, lse  # nothing valid anywhere: out 0, lse +inf
-    chunk = max(1, _CHUNK_BYTES // (4 * rows.shape[1] * (2 * D + 2 * H)))
+    sizes = chunks.current()
+    chunk = sizes.rows or max(1, sizes.budget_bytes // (4 * rows.shape[1] * (2 * D + 2 * H)))
     for r0 in range(0, R, chunk):
         r1 = min(R, r0 + chunk)
         idx, ok = _compact(rows[r0:r1], valid[r0:r1])  # [Rc, k] for this chunk's rows
@@ -63,7 +64,8 @@ def attend_selected(q: Tensor, rows: Tensor, fetch: Fetch, sm_scale: float, d_v:
             continue  # out 0, lse +inf already
         if window is not None:
             lo, hi = _valid_range(idx, ok)
-            if (hi - lo) * _WINDOW_NS * H < k * (_GATHER_NS[0] * H + _GATHER_NS[1]):
+            cheaper = (hi - lo) * _WINDOW_NS * H < k * (_GATHER_NS[0] * H + _GATHER_NS[1])
+            if sizes.path == "window" or (sizes.path == "auto" and cheaper):
                 _attend_window(q, idx, ok, r0, lo, hi, window, sm_scale, d_v, out, lse)
                 continue
         _attend_gathered(q, idx, ok, r0, fetch, sm_scale, d_v, out, lse)
@@ -103,7 +105,8 @@ def _attend_window(q: Tensor, idx: Tensor, valid: Tensor, r0: int, lo: int, hi: 
     # selected[r, w]: row r selected key lo + w. Skipped slots write into a spare last column.
     target = torch.where(valid, idx - lo, torch.full_like(idx, W))
     selected = torch.zeros(Rc, W + 1, dtype=torch.bool, device=q.device).scatter_(1, target, True)[:, :W]
-    step = max(1, _CHUNK_BYTES // (8 * H * W))  # scores + probabilities of `step` rows within budget
+    sizes = chunks.current()
+    step = sizes.window_rows or max(1, sizes.budget_bytes // (8 * H * W))  # scores + probabilities of `step` rows
     for a in range(0, Rc, step):
         b = min(Rc, a + step)
         s = torch.matmul(q[r0 + a:r0 + b].float(), keys.t()).mul_(sm_scale)  # [n, H, W]
