@@ -17,13 +17,29 @@ from dsa.errors import InputError
 from dsa.model.cache import Batch, BlockAllocator, PagedCache
 
 
-def check_prompt_fits(prompt_tokens: int, max_seq_len: int) -> None:
-    """A prompt must leave room for at least one generated token."""
-    if prompt_tokens >= max_seq_len:
-        raise InputError(
-            f"the prompt has {prompt_tokens} tokens but the context holds {max_seq_len}; "
-            "shorten the prompt (or raise the context limit with --max-seq-len, up to max_position_embeddings)"
-        )
+def check_prompt_fits(prompt_tokens: int, max_seq_len: int, max_position_embeddings: Optional[int] = None) -> None:
+    """A prompt must leave room for at least one generated token: it must be shorter than the context by at
+    least 1. Raising --max-seq-len is suggested only where it can help: below `max_position_embeddings` (the
+    model's limit; when not given, the hint says it is the ceiling)."""
+    if prompt_tokens < max_seq_len:
+        return
+    if prompt_tokens == max_seq_len:
+        problem = (f"the prompt has {prompt_tokens} tokens and fills the context of {max_seq_len} exactly, leaving no "
+                   "room for a generated token (a prompt must be shorter than the context by at least 1)")
+    else:
+        problem = (f"the prompt has {prompt_tokens} tokens but the context holds {max_seq_len} (a prompt must be "
+                   "shorter than the context by at least 1)")
+    if max_position_embeddings is None:
+        hint = "shorten the prompt (or raise --max-seq-len, if it is below the model's max_position_embeddings)"
+    elif prompt_tokens < max_position_embeddings and max_seq_len < max_position_embeddings:
+        hint = (f"shorten the prompt, or raise --max-seq-len to at least {prompt_tokens + 1} (the model allows up "
+                f"to {max_position_embeddings})")
+    elif max_seq_len < max_position_embeddings:
+        hint = f"shorten the prompt: even the model's longest context ({max_position_embeddings}) cannot hold it"
+    else:
+        hint = (f"shorten the prompt (--max-seq-len {max_seq_len} is already at the model's limit, "
+                f"max_position_embeddings {max_position_embeddings})")
+    raise InputError(f"{problem}; {hint}")
 
 
 @dataclass
