@@ -13,6 +13,7 @@ exact conventions of releases whose documentation we did not read.
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -220,3 +221,82 @@ def test_paged_index_cache_layout():
     keys = flat[:, : 64 * 128].contiguous().view(torch.float8_e4m3fn).view(3 * 64, 128)
     scales = flat[:, 64 * 128 :].contiguous().view(torch.float32).reshape(-1)
     assert torch.equal(keys.view(torch.uint8), k.view(torch.uint8)) and torch.equal(scales, s.view(-1))
+
+
+# ---------------------------------------------------------------- the stand-ins reject broken arguments
+
+
+def _flashmla_decode_args(H=64):
+    """Arguments for fake flash_mla_with_kvcache built as the contract says (slots through the block table)."""
+    from dsa.backends import adapt
+
+    q, cache, table, lens, idx = common.decode_case([70, 5], 1, H, 64, 128, fp8=True, seed=1)
+    slots = adapt.logical_to_slots(idx, table, lens, 64).contiguous()
+    meta, splits = fake_fm.get_mla_metadata(lens, H, 1, H, True, slots.shape[-1])
+    return dict(q=q, k_cache=cache.view(torch.float8_e4m3fn), block_table=table, cache_seqlens=lens, head_dim_v=512,
+                tile_scheduler_metadata=meta, num_splits=splits, softmax_scale=common.SM_SCALE, is_fp8_kvcache=True,
+                indices=slots)
+
+
+def test_flashmla_fake_decode_checks_every_argument():
+    """The decode stand-in maps indices back through block_table / cache_seqlens and checks the schedule."""
+    good = _flashmla_decode_args()
+    out, lse = fake_fm.flash_mla_with_kvcache(**good)
+    assert out.shape == (2, 1, 64, 512) and lse.shape == (2, 64, 1)
+    blocks = good["k_cache"].shape[0]
+    table, lens = good["block_table"], good["cache_seqlens"]
+    bad = {
+        "block_table outside the cache": {"block_table": table + blocks},
+        "block_table rows swapped": {"block_table": table.flip(0).contiguous()},
+        "block_table int64": {"block_table": table.long()},
+        "cache_seqlens beyond the table": {"cache_seqlens": lens + 64 * table.shape[1]},
+        "cache_seqlens too short for the indices": {"cache_seqlens": (lens - 1).clamp_min(0)},
+        "indices past the cache": {"indices": torch.where(good["indices"] >= 0, good["indices"] + 64 * blocks, -1)},
+        "metadata for another topk": {"tile_scheduler_metadata": fake_fm.get_mla_metadata(lens, 64, 1, 64, True,
+                                                                                           64)[0]},
+        "metadata for other seqlens": {"tile_scheduler_metadata": fake_fm.get_mla_metadata(lens + 1, 64, 1, 64, True,
+                                                                                            128)[0]},
+        "metadata not from get_mla_metadata": {"tile_scheduler_metadata": SimpleNamespace(have_initialized=False)},
+        "num_splits given": {"num_splits": torch.zeros(3, dtype=torch.int32)},
+        "head_dim_v": {"head_dim_v": 576},
+        "negative scale": {"softmax_scale": -common.SM_SCALE},
+    }
+    for label, change in bad.items():
+        args = {**_flashmla_decode_args(), **change}
+        with pytest.raises(AssertionError):
+            fake_fm.flash_mla_with_kvcache(**args)
+            pytest.fail(f"accepted: {label}")
+    # a schedule is reusable only for calls with the same arguments (the current API's rule)
+    again = _flashmla_decode_args()
+    fake_fm.flash_mla_with_kvcache(**again)
+    other = _flashmla_decode_args()
+    with pytest.raises(AssertionError, match="reused"):  # same recorded arguments, another call shape
+        fake_fm.flash_mla_with_kvcache(**{**other, "tile_scheduler_metadata": again["tile_scheduler_metadata"],
+                                          "k_cache": other["k_cache"].view(-1, 32, 1, 656)})
+
+
+def test_flashmla_fake_decode_reads_through_the_block_table():
+    """Moving a sequence's blocks (cache and table moved together) leaves the result; the cache alone changes it."""
+    args = _flashmla_decode_args()
+    out, lse = fake_fm.flash_mla_with_kvcache(**args)
+    cache, table = args["k_cache"], args["block_table"]
+    perm = torch.randperm(cache.shape[0], generator=common.rng(2))
+    inverse = torch.argsort(perm)
+    moved = dict(args, k_cache=cache[perm].contiguous(), block_table=inverse[table.long()].to(torch.int32),
+                 tile_scheduler_metadata=_flashmla_decode_args()["tile_scheduler_metadata"])
+    from dsa.backends import adapt
+
+    moved["indices"] = adapt.logical_to_slots(common.decode_case([70, 5], 1, 64, 64, 128, fp8=True, seed=1)[4],
+                                              moved["block_table"], args["cache_seqlens"], 64).contiguous()
+    out2, lse2 = fake_fm.flash_mla_with_kvcache(**moved)
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
+def test_flashmla_fake_prefill_rejects_wrong_arguments():
+    q, kv, idx = common.prefill_case(3, 64, 20, 128, 0)
+    idx = idx.to(torch.int32).unsqueeze(1).contiguous()
+    fake_fm.flash_mla_sparse_fwd(q, kv, idx, common.SM_SCALE)
+    for args in [(q, kv, idx, 512, common.SM_SCALE), (q, kv, idx, common.SM_SCALE, 576), (q, kv, idx[:2], 0.1, 512),
+                 (q, kv, idx.long(), 0.1, 512), (q, kv.float(), idx, 0.1, 512), (q, kv, idx[..., :64], 0.1, 512)]:
+        with pytest.raises(AssertionError):
+            fake_fm.flash_mla_sparse_fwd(*args)
