@@ -181,25 +181,34 @@ def _read_prompt(args, max_seq_len: int) -> str:
         raise InputError(f"--prompt-file {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
+class LineTooLong(InputError):
+    """An --interactive line longer than the context can hold."""
+
+
 def read_line(stream, limit: int) -> Optional[str]:
     """One line of at most `limit` characters (without its newline), None at the end of the stream. A longer
-    line is read in bounded chunks, discarded up to its newline, and is an InputError (the caller goes on)."""
+    line is LineTooLong, raised with only limit + 1 characters read: the caller reports it, then calls
+    skip_line. Undecodable input is EOFError (the session cannot go on)."""
     try:
         line = stream.readline(limit + 1)
-        if not line:
-            return None
-        if line.endswith("\n") or len(line) <= limit:
-            return line.removesuffix("\n")
-        read = len(line)
-        while not line.endswith("\n"):
-            line = stream.readline(1 << 16)
-            if not line:
-                break
-            read += len(line)
     except UnicodeDecodeError as err:
         raise EOFError(f"stdin is not UTF-8 text ({err.reason})") from None
-    raise InputError(f"the line is longer than the context can hold (more than {limit} characters, {read} read); "
-                     "it was skipped")
+    if not line:
+        return None
+    if line.endswith("\n") or len(line) <= limit:
+        return line.removesuffix("\n")
+    raise LineTooLong(f"the line is longer than the context can hold (more than {limit} characters); it is skipped")
+
+
+def skip_line(stream) -> None:
+    """Discard the rest of the current line in bounded chunks (an endless line: until interrupted)."""
+    try:
+        while True:
+            chunk = stream.readline(1 << 16)
+            if not chunk or chunk.endswith("\n"):
+                return
+    except UnicodeDecodeError:
+        return
 
 
 def cmd_run(args) -> int:
@@ -288,9 +297,10 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
         if rank0:
             try:
                 line = read_line(sys.stdin, limit)
-            except InputError as err:  # an over-long line: refused, the session goes on
-                line, problem = "", str(err)
+            except LineTooLong as err:  # refused, the session goes on
+                line = ""
                 print(f"error: {err}", file=sys.stderr, flush=True)
+                skip_line(sys.stdin)
             except EOFError as err:  # undecodable stdin: the session ends with a user error
                 line, problem = None, str(err)
         line = launch.broadcast(line, groups)
