@@ -300,3 +300,33 @@ def test_flashmla_fake_prefill_rejects_wrong_arguments():
                  (q, kv, idx.long(), 0.1, 512), (q, kv.float(), idx, 0.1, 512), (q, kv, idx[..., :64], 0.1, 512)]:
         with pytest.raises(AssertionError):
             fake_fm.flash_mla_sparse_fwd(*args)
+
+
+def test_deep_gemm_fake_rejects_wrong_arguments():
+    """Windows past the keys or inverted, scales of another shape, experts out of range, mis-sized outputs."""
+    dg = fake_dg.module()
+    q, w, k, ks, starts, ends = common.indexer_case(6, 64, 20, seed=3)
+    ks, st, en = ks.float(), starts.int(), ends.int()
+    assert dg.fp8_mqa_logits(q, (k, ks), w, st, en).shape == (6, 20)
+    for args in [(q, (k, ks), w, en, st), (q, (k, ks), w, st, en + 1), (q, (k, ks), w, st - 1, en),
+                 (q, (k, ks[:-1]), w, st, en), (q, (k, ks), w[:, :32], st, en), (q, (k, ks), w, st[:3], en[:3]),
+                 (q, (k, ks), w.t().contiguous().t(), st, en)]:
+        with pytest.raises(AssertionError):
+            dg.fp8_mqa_logits(*args)
+    g = common.rng(4)
+    xq, xs = common.quantize_rows(common.randn((128, 256), g))
+    wq, wsc = common.quantize_weight(common.randn((256, 256), g))
+    d = torch.empty(128, 256, dtype=torch.bfloat16)
+    dg.fp8_gemm_nt((xq, xs), (wq, wsc), d)
+    for a, b, out in [((xq, xs), (wq, wsc.t()), d), ((xq, xs), (wq, wsc[:1]), d), ((xq, xs[:, :1]), (wq, wsc), d),
+                      ((xq, xs), (wq, wsc), d[:, :128]), ((xq, xs), (wq[:, :128], wsc[:, :1]), d)]:
+        with pytest.raises(AssertionError):
+            dg.fp8_gemm_nt(a, b, out)
+    w3, s3 = wq[None].contiguous(), wsc[None].contiguous()
+    m_idx = torch.zeros(128, dtype=torch.int32)
+    dg.m_grouped_fp8_gemm_nt_contiguous((xq, xs), (w3, s3), d, m_idx)
+    for a, b, out, mi in [((xq, xs), (w3, s3), d, m_idx + 1), ((xq, xs), (w3, s3), d, m_idx - 2),
+                          ((xq, xs), (w3, s3), d, m_idx.long()), ((xq, xs), (w3, s3[:, :1]), d, m_idx),
+                          ((xq, xs), (w3, s3), d.float(), m_idx)]:
+        with pytest.raises(AssertionError):
+            dg.m_grouped_fp8_gemm_nt_contiguous(a, b, out, mi)
