@@ -156,3 +156,89 @@ def test_fp8_linear(fakes, gfx):
 def test_act_quant_is_registered_with_its_reason():
     reason = registry.get("act_quant", "aiter").supported(rocm_target())
     assert "no AITER activation quantiser" in reason
+
+
+# ---------------------------------------------------------------- the stand-ins reject broken arguments
+
+
+def _mla_args(page_size=1):
+    """Two sequences of 5 and 20 tokens over kv_buffer [pages, page_size, 1, 576]: the fake's paged ragged model."""
+    g = common.rng(12)
+    q = common.randn((2, 16, 576), g, torch.bfloat16)
+    tokens = common.randn((40, 576), g, torch.bfloat16)
+    lens, order = [5, 20], torch.randperm(64 // page_size, generator=g).tolist()
+    need = [-(-n // page_size) for n in lens]
+    pages = [order[: need[0]], order[need[0] : need[0] + need[1]]]
+    buf = torch.zeros(64 // page_size, page_size, 1, 576, dtype=torch.bfloat16)
+    for b, n in enumerate(lens):
+        for t in range(n):
+            buf[pages[b][t // page_size], t % page_size, 0] = tokens[t + 5 * b]
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    return dict(q=q, kv_buffer=buf, o=torch.empty(2, 16, 512, dtype=torch.bfloat16), qo_indptr=i32([0, 1, 2]),
+                kv_indptr=i32([0, len(pages[0]), len(pages[0]) + len(pages[1])]), kv_indices=i32(pages[0] + pages[1]),
+                kv_last_page_lens=i32([(n - 1) % page_size + 1 for n in lens]), max_seqlen_q=1, page_size=page_size,
+                nhead_kv=1, sm_scale=common.SM_SCALE, return_lse=True)
+
+
+def test_aiter_fake_mla_reads_pages_and_rejects_wrong_arguments():
+    mla = fake_aiter.modules()["aiter.mla"].mla_decode_fwd
+    one, sixteen = _mla_args(1), _mla_args(16)
+    _, lse1 = mla(**one)
+    _, lse16 = mla(**sixteen)
+    assert torch.allclose(lse1, lse16) and torch.equal(one["o"], sixteen["o"])  # page_size / last_page_lens read
+    bad = {
+        "indptrs swapped": {"qo_indptr": one["kv_indptr"], "kv_indptr": one["qo_indptr"]},
+        "kv_indptr not from 0": {"kv_indptr": one["kv_indptr"] + 1},
+        "page outside kv_buffer": {"kv_indices": one["kv_indices"] + 64},
+        "kv_indices int64": {"kv_indices": one["kv_indices"].long()},
+        "last page longer than a page": {"kv_last_page_lens": one["kv_last_page_lens"] + 1},
+        "no sm_scale": {"sm_scale": None},
+        "page_size of another buffer": {"page_size": 16},
+        "o of another shape": {"o": torch.empty(2, 16, 576, dtype=torch.bfloat16)},
+        "an unmodelled option": {"q_scale": torch.ones(1)},
+    }
+    for label, change in bad.items():
+        with pytest.raises(AssertionError):
+            mla(**{**_mla_args(1), **change})
+            pytest.fail(f"accepted: {label}")
+    # last_page_lens is used: a shorter last page drops tokens, so the result changes
+    short = _mla_args(16)
+    short["kv_last_page_lens"] = short["kv_last_page_lens"] - 1
+    _, lse_short = mla(**short)
+    assert not torch.allclose(lse_short, lse16)
+
+
+def test_aiter_fake_indexer_and_gemm_reject_wrong_arguments():
+    mods = fake_aiter.modules("gfx950")
+    logits_fn, topk_fn = mods["aiter.ops.triton.attention.fp8_mqa_logits"].fp8_mqa_logits, \
+        mods["aiter.ops.topk"].top_k_per_row_prefill
+    q, w, k, ks, st, en = common.indexer_case(6, 16, 20, seed=5)
+    st, en = st.int(), en.int()
+    logits = logits_fn(q, k, ks, w, st, en)
+    for args in [(q, k, ks, w, en, st), (q, k, ks, w, st, en + 1), (q, k, ks[:3], w, st, en),
+                 (q, k, ks, w[:2], st, en)]:
+        with pytest.raises(AssertionError):
+            logits_fn(*args)
+    idx = torch.empty(6, 4, dtype=torch.int32)
+    topk_fn(logits, st, en, idx, None, 6, logits.stride(0), logits.stride(1), k=4)
+    for args in [(logits, en, st, idx, None, 6, 20, 1), (logits, st, en, idx, None, 6, 1, 20),
+                 (logits, st, en + 1, idx, None, 6, 20, 1), (logits, st.long(), en, idx, None, 6, 20, 1),
+                 (logits, st, en, idx[:3], None, 6, 20, 1)]:
+        with pytest.raises(AssertionError):
+            topk_fn(*args, k=4)
+    fused_moe = mods["aiter.ops.triton.moe.moe_op"].fused_moe
+    tl = mods["triton.language"]
+    x, _, wt, _, sizes = common.grouped_case([3, 2], 0, 2, 16, 32, seed=6, fp8=False)
+    ids, experts, post = aiter.moe_layout(sizes, 64, 5)
+    kw = dict(A=x, B=wt, C=torch.zeros(5, 1, 16, dtype=torch.bfloat16), A_scale=None, B_scale=None, B_zp=None,
+              topk_weights=torch.ones(5, 1), topk_ids=torch.zeros(5, 1, dtype=torch.int32), sorted_token_ids=ids,
+              expert_ids=experts, num_tokens_post_padded=post, mul_routed_weight=False, top_k=1,
+              compute_type=tl.bfloat16, use_fp8_w8a8=False, use_int8_w8a16=False, use_int4_w4a16=False,
+              block_shape=None,
+              config=dict(aiter.MOE_CONFIG))
+    fused_moe(**kw)
+    for change in [{"compute_type": torch.bfloat16}, {"topk_ids": torch.zeros(5, dtype=torch.int32)},
+                   {"expert_ids": experts + 2}, {"sorted_token_ids": ids + 6}, {"num_tokens_post_padded": post - 1},
+                   {"block_shape": [128, 128]}, {"B": wt.transpose(1, 2).contiguous()}]:
+        with pytest.raises(AssertionError):
+            fused_moe(**{**kw, **change, "C": torch.zeros(5, 1, 16, dtype=torch.bfloat16)})
