@@ -115,7 +115,7 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
         if not _is_mtp(name, config):
             wanted.setdefault(shard, []).append(name)
     for shard, names in sorted(wanted.items()):
-        if not (d / shard).is_file():
+        if not _is_file(d / shard):
             raise CheckpointError(
                 f"{index_path} names shard {shard} (holding {names[0]}"
                 + (f" and {len(names) - 1} more tensors" if len(names) > 1 else "")
@@ -159,6 +159,14 @@ def _read_index(path: Path) -> dict[str, str]:
         if Path(shard).is_absolute() or ".." in Path(shard).parts:
             raise CheckpointError(f"{path}: shard {shard!r} must be a file name inside the checkpoint directory")
     return weight_map
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file for a name from a file: a 300-character shard name (ENAMETOOLONG) or a NUL is no file."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _is_mtp(name: str, config: ModelConfig) -> bool:
