@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -35,6 +36,15 @@ def tiny_config(**overrides) -> ModelConfig:
         cfg = dataclasses.replace(cfg, **overrides)
         cfg.validate()
     return cfg
+
+
+def tiny_config_json(**overrides) -> dict:
+    """The tiny config.json as a plain dict (json.load) with `overrides`: what the fp64 oracle reads (it
+    derives its own values from it, never from ModelConfig)."""
+    with open(TINY) as f:
+        raw = json.load(f)
+    raw.update(overrides)
+    return raw
 
 
 class RecordingOpSet(OpSet):
@@ -131,6 +141,13 @@ class Runner:
             out[s] = (batch.positions[lo:hi].clone(), rel[lo:hi].clone())
         return out
 
+    def cache_latents(self, seq, length: int) -> list[Tensor]:
+        """Per layer, the latent-cache rows the model stored for positions 0..length-1 of `seq`: [length, P]
+        as held (packed fp8 uint8, or bf16 / fp32), read straight from the cache's pages."""
+        pos = torch.arange(length)
+        blocks = torch.tensor(self.blocks[seq], dtype=torch.long)[pos // self.page]
+        return [lat[blocks, pos % self.page, 0].clone() for lat in self.cache.latent]
+
     def selection_mask(self, seq, layer: int, length: int) -> Tensor:
         """[length, length] bool: what each query of `seq` selected in `layer`, over all steps so far."""
         mask = torch.zeros(length, length + 1, dtype=torch.bool)
@@ -174,15 +191,15 @@ def max_rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def min_boundary_gap(config: ModelConfig, weights: dict, ids: Tensor, **ref_kw) -> float:
+def min_boundary_gap(config: dict, weights: dict, ids: Tensor, **ref_kw) -> float:
     """Smallest gap, relative to the row's largest |score|, between the k-th and (k+1)-th reference
     index score over every layer and every query that has more than k visible keys. 0 = an exact tie
     at the top-k boundary (ReLU makes all-zero scores common with random weights), where two correct
-    implementations may legally select different keys."""
+    implementations may legally select different keys. `config`: the config.json dict (tiny_config_json)."""
     from dsa.conformance.reference.model_ref import reference_logits
 
     _, aux = reference_logits(config, weights, ids, return_aux=True, **ref_kw)
-    k, worst = config.index_topk, float("inf")
+    k, worst = config["index_topk"], float("inf")
     for scores in aux["scores"]:
         for t in range(k, ids.numel()):
             row = scores[t, : t + 1].sort(descending=True).values

@@ -12,6 +12,11 @@ random weights ReLU makes exact-0 index scores common, and tied keys may legally
 (then the logits legally differ). The seeds below were picked tie-free (docs/model-and-ops.md 7 allows "configs without
 ties"), and each test first asserts that premise on the fp64 reference scores, so a failure of the
 selection check means a real divergence, not a tie.
+
+With an fp8 latent cache, a latent value on an fp8 rounding boundary may round one way in one run and the
+other way in another (the GEMMs' fp32 sums differ with the shapes and the torch thread count), moving the
+logits by ~2e-3. So a run is compared with the full forward only where both stored the same fp8 bytes;
+every fp8 run is also compared with the fp64 reference computed on the fp8 cache that run holds.
 """
 from __future__ import annotations
 
@@ -25,9 +30,11 @@ from dsa.conformance.model_helpers import (
     min_boundary_gap,
     run_prefill_decode,
     tiny_config,
+    tiny_config_json,
     token_ids,
 )
 from dsa.conformance.reference.compare import assert_close
+from dsa.conformance.reference.model_ref import reference_logits
 
 SEED = 2  # checkpoint seed; sequence A = token_ids(48, seed 2), B = token_ids(30, seed 4): tie-free
 TOL = dict(atol=1e-4, rtol=1e-4, cos_eps=1e-9)
@@ -40,6 +47,22 @@ def setup():
     assert cfg.index_topk == 16
     w = make_weights(cfg, SEED)
     return cfg, w, token_ids(cfg, 48, 2), token_ids(cfg, 30, 4)
+
+
+def assert_consistent(r, seq, got, full_runner, full, w, ids, kv, name):
+    """got (runner r, sequence seq) vs the full forward: equal logits, or with an fp8 cache, equal logits
+    where the two caches hold the same bytes and, always, the reference on r's own fp8 cache."""
+    n = ids.numel()
+    same_cache = kv != "fp8" or all(torch.equal(a, b) for a, b in zip(r.cache_latents(seq, n),
+                                                                       full_runner.cache_latents("s", n)))
+    if same_cache:
+        assert_close(got, full, name=name, **TOL)
+        assert torch.equal(got.argmax(-1), full.argmax(-1))
+    if kv == "fp8":
+        masks = [r.selection_mask(seq, layer, n) for layer in range(r.config.num_hidden_layers)]
+        ref = reference_logits(tiny_config_json(), w, ids, selections=masks,
+                               cache_latents=r.cache_latents(seq, n))
+        assert_close(got, ref, name=f"{name}: vs the reference on its own fp8 cache", **TOL)
 
 
 _FULL: dict = {}
@@ -59,14 +82,13 @@ def full_forward(cfg, w, ids, kv):
 def test_prefill_then_decode_equals_full_forward(setup, kv, chunks):
     cfg, w, ids, _ = setup
     ref_kv = "fp8" if kv == "fp8" else None
-    assert min_boundary_gap(cfg, w, ids, kv_cache_dtype=ref_kv) > TIE_MARGIN, "seed has a top-k tie: pick another"
+    assert min_boundary_gap(tiny_config_json(), w, ids, kv_cache_dtype=ref_kv) > TIE_MARGIN, "top-k tie: pick another"
     full_runner, full = full_forward(cfg, w, ids, kv)
     r = Runner(cfg, w, kv_cache_dtype=kv)
     got = run_prefill_decode(r, ids, chunks, "s")  # then 8 single-token decode steps
     assert len(r.selections) == len(chunks) + 8
     assert_same_selection(r, "s", full_runner, "s", ids.numel())
-    assert_close(got, full, name=f"logits {kv} {chunks}+decode vs full", **TOL)
-    assert torch.equal(got.argmax(-1), full.argmax(-1))
+    assert_consistent(r, "s", got, full_runner, full, w, ids, kv, f"logits {kv} {chunks}+decode vs full")
 
 
 def test_fp8_kv_cache_changes_the_logits(setup):
@@ -93,7 +115,7 @@ def test_two_sequences_in_one_batch_equal_each_alone(setup, kv, schedule):
     cfg, w, a_ids, b_ids = setup
     ids = {"a": a_ids, "b": b_ids}
     ref_kv = "fp8" if kv == "fp8" else None
-    assert min_boundary_gap(cfg, w, b_ids, kv_cache_dtype=ref_kv) > TIE_MARGIN
+    assert min_boundary_gap(tiny_config_json(), w, b_ids, kv_cache_dtype=ref_kv) > TIE_MARGIN
     r = Runner(cfg, w, kv_cache_dtype=kv)
     got = {"a": [], "b": []}
     for step in SCHEDULES[schedule]:
@@ -103,7 +125,8 @@ def test_two_sequences_in_one_batch_equal_each_alone(setup, kv, schedule):
     for s in "ab":
         alone_runner, alone = full_forward(cfg, w, ids[s], kv)
         assert_same_selection(r, s, alone_runner, "s", ids[s].numel())
-        assert_close(torch.cat(got[s]), alone, name=f"sequence {s} batched vs alone ({kv}, {schedule})", **TOL)
+        assert_consistent(r, s, torch.cat(got[s]), alone_runner, alone, w, ids[s], kv,
+                          f"sequence {s} batched vs alone ({kv}, {schedule})")
 
 
 def test_last_only_returns_the_last_token_of_each_sequence(setup):

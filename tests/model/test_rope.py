@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dsa.conformance.model_helpers import Runner, make_weights, tiny_config, token_ids
+from dsa.conformance.model_helpers import Runner, make_weights, tiny_config, tiny_config_json, token_ids
 from dsa.conformance.reference.compare import assert_close
 from dsa.conformance.reference.model_ref import (
     cosine_diff,
@@ -39,8 +39,7 @@ def spec_yarn_671b() -> torch.Tensor:
 
 
 def test_671b_yarn_correction_range_is_10_23():
-    big = ModelConfig.from_file(BIG)
-    assert yarn_correction_range(big) == (10, 23)
+    assert yarn_correction_range(BIG) == (10, 23)
     corr = lambda r: 64 * math.log(4096 / (2 * math.pi * r)) / (2 * math.log(10000))  # noqa: E731
     assert (math.floor(corr(32)), math.ceil(corr(1))) == (10, 23)
 
@@ -53,7 +52,7 @@ def test_671b_yarn_frequencies_reference_and_model():
     assert want[10].item() == pytest.approx(10000 ** (-20 / 64), rel=1e-12)  # 0.0562341
     assert want[16].item() == pytest.approx(0.01 * 0.55, rel=1e-12)  # ramp 6/13: 1/40*6/13 + 7/13 = 0.55
     assert want[31].item() == pytest.approx(10000 ** (-62 / 64) / 40, rel=1e-12)  # 3.3338e-6
-    torch.testing.assert_close(rope_frequencies(big), want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(rope_frequencies(BIG), want, rtol=1e-12, atol=0)
     from dsa.model.layers import rope_inv_freq
 
     got = rope_inv_freq(big.qk_rope_head_dim, big.rope_theta, big.rope_scaling)
@@ -88,12 +87,12 @@ def model_index_scores(runner: Runner, layer: int, T: int) -> torch.Tensor:
 
 
 def test_indexer_rope_is_rotate_half():
-    cfg = tiny_config()
+    cfg, ref_cfg = tiny_config(), tiny_config_json()
     w, ids = make_weights(cfg, 2), token_ids(cfg, 48, 2)
     r = Runner(cfg, w)
     r.step({"s": ids})
-    _, good = reference_logits(cfg, w, ids, return_aux=True)
-    _, bad = reference_logits(cfg, w, ids, return_aux=True, indexer_rope="interleaved")
+    _, good = reference_logits(ref_cfg, w, ids, return_aux=True)
+    _, bad = reference_logits(ref_cfg, w, ids, return_aux=True, indexer_rope="interleaved")
     vis = torch.ones(48, 48, dtype=torch.bool).tril()
     # layer 0 sees the embeddings directly: its scores isolate the indexer's own RoPE
     got = model_index_scores(r, 0, 48)
@@ -110,21 +109,20 @@ def test_indexer_rope_is_rotate_half():
 
 
 def test_mla_rope_is_interleaved_with_yarn():
-    cfg = tiny_config(index_topk=64)  # dense: only MLA's RoPE matters for the logits
+    cfg, ref_cfg = tiny_config(index_topk=64), tiny_config_json(index_topk=64)  # dense: only MLA's RoPE matters
     w, ids = make_weights(cfg, 1), token_ids(cfg, 24, 1)
     r = Runner(cfg, w)
     got = r.step({"s": ids})["s"]
-    assert_close(got, reference_logits(cfg, w, ids), name="interleaved MLA rope", **TOL)
+    assert_close(got, reference_logits(ref_cfg, w, ids), name="interleaved MLA rope", **TOL)
     for variant in (dict(mla_rope="rotate_half"), dict(yarn=False)):
-        d = cosine_diff(got, reference_logits(cfg, w, ids, **variant))
+        d = cosine_diff(got, reference_logits(ref_cfg, w, ids, **variant))
         assert d > 1e-3, f"{variant}: should differ clearly from the model (global diff {d:.3g})"
 
 
 def test_tiny_config_yarn_is_active():
     """The tiny config extends 1024 -> 4096 positions with YaRN factor 4: ramp over dims 2..9 of 16."""
-    cfg = tiny_config()
-    assert yarn_correction_range(cfg) == (2, 9)
-    f = rope_frequencies(cfg)
-    plain = rope_frequencies(cfg, yarn=False)
+    assert yarn_correction_range(tiny_config_json()) == (2, 9)
+    f = rope_frequencies(tiny_config_json())
+    plain = rope_frequencies(tiny_config_json(), yarn=False)
     torch.testing.assert_close(f[:3], plain[:3], rtol=1e-12, atol=0)
     torch.testing.assert_close(f[9:], plain[9:] / 4, rtol=1e-12, atol=0)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dsa.conformance.model_helpers import tiny_config_json
 from dsa.conformance.reference.model_ref import reference_router
 from dsa.model.config import ModelConfig
 
@@ -96,7 +97,8 @@ def check(got: list[dict], case) -> None:
 def test_reference_router_hand_case(case):
     cfg = case_config(case)
     x, w, bias = case_inputs(case, cfg.hidden_size)
-    ids, weights = reference_router(cfg, {"mlp.gate.weight": w, "mlp.gate.e_score_correction_bias": bias}, x)
+    gate = {"mlp.gate.weight": w, "mlp.gate.e_score_correction_bias": bias}
+    ids, weights = reference_router(tiny_config_json(**case["routing"]), gate, x)
     check(as_dicts(ids, weights), case)
 
 
@@ -128,7 +130,9 @@ def test_model_gate_matches_reference_router_on_random_inputs():
         gate.weight.copy_(w)
         gate.e_score_correction_bias.copy_(bias)
         weights, experts = gate(x)
-    ref_ids, ref_w = reference_router(cfg, {"mlp.gate.weight": w, "mlp.gate.e_score_correction_bias": bias}, x)
+    ref_ids, ref_w = reference_router(
+        tiny_config_json(), {"mlp.gate.weight": w, "mlp.gate.e_score_correction_bias": bias}, x
+    )
     for t, (g_, r) in enumerate(zip(as_dicts(experts, weights), as_dicts(ref_ids, ref_w))):
         assert sorted(g_) == sorted(r), f"token {t}: {g_} vs reference {r}"
         for e in r:

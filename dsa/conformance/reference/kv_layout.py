@@ -39,15 +39,22 @@ def little_endian_words(raw: Tensor, width: int) -> Tensor:
     return word
 
 
-def unpack_tokens(packed: Tensor, d_v: int) -> Tensor:
-    """uint8 [..., P] packed tokens -> float64 [..., d_v + r] (dequantised latent, then rope)."""
+def unpack_parts(packed: Tensor, d_v: int) -> tuple[Tensor, Tensor, Tensor]:
+    """uint8 [..., P] packed tokens -> float64 (fp8 values [..., d_v/128, 128], their scales [..., d_v/128],
+    rope [..., r])."""
     if packed.dtype != torch.uint8:
         raise TypeError(f"packed tokens are uint8, got {packed.dtype}")
     n_groups = d_v // GROUP
     scale_end = d_v + 4 * n_groups
     lead = packed.shape[:-1]
-    latent = decode(packed[..., :d_v]).reshape(*lead, n_groups, GROUP)
+    values = decode(packed[..., :d_v]).reshape(*lead, n_groups, GROUP)
     scales = f32_from_bits(little_endian_words(packed[..., d_v:scale_end], 4))  # [..., n_groups]
-    latent = (latent * scales.unsqueeze(-1)).reshape(*lead, d_v)
     rope = f32_from_bits(little_endian_words(packed[..., scale_end:], 2) << 16)  # bf16 = top half of fp32
+    return values, scales, rope
+
+
+def unpack_tokens(packed: Tensor, d_v: int) -> Tensor:
+    """uint8 [..., P] packed tokens -> float64 [..., d_v + r] (dequantised latent, then rope)."""
+    values, scales, rope = unpack_parts(packed, d_v)
+    latent = (values * scales.unsqueeze(-1)).reshape(*packed.shape[:-1], d_v)
     return torch.cat([latent, rope], dim=-1)

@@ -27,11 +27,17 @@ Variants used by tests to prove that the model is sensitive to a convention: `in
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+from types import SimpleNamespace
 from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+from .fp8 import DECODE_TABLE, round_to_e4m3
+from .kv_layout import unpack_parts
 
 F64 = torch.float64
 FP8_MAX = 448.0
@@ -39,6 +45,67 @@ AMAX_FLOOR = 1e-4
 _FP8_TYPES = tuple(
     getattr(torch, n) for n in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2") if hasattr(torch, n)
 )
+
+
+# ----------------------------------------------------------------------------------------------
+# the config: the oracle's own reading of config.json (docs/model-and-ops.md 1), not dsa/model/config.py
+# ----------------------------------------------------------------------------------------------
+class RefConfig:
+    """config.json as a plain dict (json.load), its fields as attributes, and the derived values the
+    oracle needs computed here from docs/model-and-ops.md: `yarn` (2.1), `softmax_scale` (2.1) and
+    `is_moe_layer` (2.3). Build it with `ref_config(path or dict)`; a ModelConfig is not accepted."""
+
+    # defaults for optional fields, from docs/model-and-ops.md 1
+    DEFAULTS = {"routed_scaling_factor": 1.0, "norm_topk_prob": True, "n_shared_experts": 0}
+    ROPE_DEFAULTS = {"factor": 1.0, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                     "original_max_position_embeddings": 4096}
+
+    def __init__(self, raw: Mapping):
+        self.raw = dict(raw)
+        rope = self.raw.get("rope_scaling") or self.raw.get("rope_parameters")  # newer transformers' name
+        self.rope_scaling = None if not rope else SimpleNamespace(**{**self.ROPE_DEFAULTS, **rope})
+        if "rope_theta" not in self.raw and rope and "rope_theta" in rope:
+            self.raw["rope_theta"] = rope["rope_theta"]
+
+    def __getattr__(self, name):
+        raw = self.__dict__.get("raw", {})
+        if name in raw:
+            return raw[name]
+        if name in self.DEFAULTS:
+            return self.DEFAULTS[name]
+        raise AttributeError(f"config.json has no field {name!r}")
+
+    @property
+    def yarn(self) -> bool:
+        """YaRN in force: rope_scaling factor > 1 and max_position_embeddings > the original length."""
+        rs = self.rope_scaling
+        return rs is not None and rs.factor > 1 and self.max_position_embeddings > rs.original_max_position_embeddings
+
+    @property
+    def softmax_scale(self) -> float:
+        """(qk_nope_head_dim + qk_rope_head_dim)^-0.5 * m^2, m = 0.1 * mscale_all_dim * ln(factor) + 1 with YaRN."""
+        scale = (self.qk_nope_head_dim + self.qk_rope_head_dim) ** -0.5
+        if self.yarn:
+            m = 0.1 * self.rope_scaling.mscale_all_dim * math.log(self.rope_scaling.factor) + 1.0
+            scale *= m * m
+        return scale
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Layers 0 .. first_k_dense_replace - 1 use the dense FFN, the rest the MoE."""
+        return layer >= self.first_k_dense_replace
+
+
+def ref_config(config) -> RefConfig:
+    """A RefConfig from a config.json path, a plain dict (json.load of one) or a RefConfig."""
+    if isinstance(config, RefConfig):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        with open(config) as f:
+            return RefConfig(json.load(f))
+    if isinstance(config, Mapping):
+        return RefConfig(config)
+    raise TypeError(f"the oracle reads config.json itself: pass its path or json.load dict, "
+                    f"not {type(config).__name__}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,6 +180,7 @@ def silu(x: Tensor) -> Tensor:
 
 def yarn_correction_range(config) -> tuple[int, int]:
     """(low, high) dims of the YaRN ramp (docs/model-and-ops.md 2.1: 10 and 23 for the 671B config)."""
+    config = ref_config(config)
     rs = config.rope_scaling
     dim = config.qk_rope_head_dim
     base = config.rope_theta
@@ -127,6 +195,7 @@ def yarn_correction_range(config) -> tuple[int, int]:
 
 def rope_frequencies(config, yarn: bool = True) -> Tensor:
     """[qk_rope_head_dim / 2] float64 angular frequencies (radians per position)."""
+    config = ref_config(config)
     dim = config.qk_rope_head_dim
     i = torch.arange(dim // 2, dtype=F64)
     f = config.rope_theta ** (-2.0 * i / dim)
@@ -207,6 +276,55 @@ def kv_cache_round(latent: Tensor, kv_lora_rank: int, kv_cache_dtype: Optional[s
     raise ValueError(f"unknown kv_cache_dtype {kv_cache_dtype!r}")
 
 
+NOISE = 1e-5  # fp32 noise of the model's latent, relative to the largest |value| of its row (or fp8 group)
+
+
+def _check_rounded(stored: Tensor, nearest: Tensor, exact: Tensor, what: str) -> None:
+    """stored [T, n] == nearest (exact rounded by the oracle), except where a value within the fp32 noise of
+    exact would round to stored: a rounding-boundary flip (fp32 vs fp64), never more than that noise off."""
+    noise = NOISE * exact.abs().amax(-1, keepdim=True)
+    bad = (stored != nearest) & ((stored - exact).abs() > (nearest - exact).abs() + 2 * noise)
+    if bool(bad.any()):
+        t, i = [int(v) for v in bad.nonzero()[0][:2]]
+        raise AssertionError(f"latent cache {what}: {int(bad.sum())} stored values are not the reference's latent "
+                             f"rounded (first at token {t}, dim {i}: stored {float(stored[t, i])}, "
+                             f"reference {float(exact[t, i])} -> {float(nearest[t, i])})")
+
+
+def _bf16_nearest(x: Tensor) -> Tensor:
+    return x.to(torch.float32).to(torch.bfloat16).to(F64)  # |x| << fp32 range: rounding twice is exact here
+
+
+def stored_latent(stored: Tensor, exact: Tensor, kv_lora_rank: int) -> Tensor:
+    """The latent the model stored (rows [T, P]: packed fp8 uint8, or bf16 / fp32 values) as float64
+    [T, c + r], after checking it against this reference's own latent `exact` [T, c + r] rounded by the
+    oracle (fp8: its own e4m3 rounding with a power-of-two scale per 128 values, rope in bf16).
+
+    Comparing the model with the reference on the SAME stored cache means a value sitting on an fp8
+    rounding boundary (where fp32 and fp64 may round differently) cannot decide the verdict."""
+    c = kv_lora_rank
+    if stored.dtype != torch.uint8:
+        values = stored.to(F64).reshape(exact.shape)
+        if stored.dtype == torch.bfloat16:
+            _check_rounded(values, _bf16_nearest(exact), exact, "bf16")
+        return values
+    codes, scales, rope = unpack_parts(stored.reshape(exact.shape[0], -1), c)  # [T, G, 128], [T, G], [T, r]
+    groups = exact[:, :c].reshape(codes.shape)
+    amax = groups.abs().amax(-1).clamp_min(AMAX_FLOOR)
+    own_scale = torch.exp2(torch.ceil(torch.log2(amax / FP8_MAX)))
+    on_edge = (torch.log2(amax / FP8_MAX) - torch.round(torch.log2(amax / FP8_MAX))).abs() < 1e-5
+    if bool(((scales != own_scale) & ~on_edge).any()):
+        raise AssertionError("latent cache fp8: a stored group scale is not the power of two of amax / 448")
+    # round with the stored scale (equal to the oracle's, or a legal flip at a power-of-two amax)
+    q = (groups / scales.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX)
+    nearest = DECODE_TABLE[round_to_e4m3(q).view(torch.uint8).long()]
+    T = exact.shape[0]
+    G = codes.shape[1]
+    _check_rounded(codes.reshape(T * G, -1), nearest.reshape(T * G, -1), q.reshape(T * G, -1), "fp8")
+    _check_rounded(rope, _bf16_nearest(exact[:, c:]), exact[:, c:], "rope bf16")
+    return torch.cat([(codes * scales.unsqueeze(-1)).reshape(T, c), rope], dim=-1)
+
+
 # ----------------------------------------------------------------------------------------------
 # the lightning indexer
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +342,7 @@ def reference_indexer_scores(
 ) -> Tensor:
     """Index scores [T, T] float64 of one sequence: score[t, s] for key s visible to query t, -inf
     for s > t. `x` [T, D] is the normed block input, `qr` [T, q_lora_rank] the normed q latent."""
+    config = ref_config(config)
     T = x.shape[0]
     pos = torch.arange(T) if positions is None else positions
     H, D, R = config.index_n_heads, config.index_head_dim, config.qk_rope_head_dim
@@ -313,9 +432,15 @@ def reference_mla(
     rope: str = "interleaved",
     yarn: bool = True,
     kv_cache_dtype: Optional[str] = None,
+    cache_latent: Optional[Tensor] = None,
     return_qr: bool = False,
 ):
-    """x [T, D] normed input; mask [T, T] bool (True = attend). Returns out [T, D] (and qr)."""
+    """x [T, D] normed input; mask [T, T] bool (True = attend). Returns out [T, D] (and qr).
+
+    cache_latent: the rows [T, P] the model stored in its latent cache for these tokens (packed fp8 uint8
+    or float), read by the oracle's own decoder and used INSTEAD of this reference's own rounding, after
+    checking that each stored value is this reference's latent correctly rounded (`stored_latent`)."""
+    config = ref_config(config)
     T = x.shape[0]
     H, dn, dr, dv = config.num_attention_heads, config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
     c = config.kv_lora_rank
@@ -328,7 +453,11 @@ def reference_mla(
     kv = linear(lw, "self_attn.kv_a_proj_with_mqa", x)  # [T, c + dr]
     c_kv = rmsnorm(kv[:, :c], get(lw, "self_attn.kv_a_layernorm.weight"), eps)
     k_pe = rot(kv[:, c:], positions, freqs)  # one shared rope head
-    latent = kv_cache_round(torch.cat([c_kv, k_pe], dim=-1), c, kv_cache_dtype)
+    exact = torch.cat([c_kv, k_pe], dim=-1)
+    if cache_latent is None:
+        latent = kv_cache_round(exact, c, kv_cache_dtype)
+    else:
+        latent = stored_latent(cache_latent, exact, c)
     c_kv, k_pe = latent[:, :c], latent[:, c:]
     # kv_b_proj is applied as a dequantised weight (absorbed form: q_nope @ W_UK, out_lat @ W_UV^T), so
     # its input is never activation-quantised, even with act_quant.
@@ -359,6 +488,7 @@ def swiglu(lw: Mapping[str, Tensor], prefix: str, x: Tensor, bf16_out: bool = Fa
 def reference_router(config, lw: Mapping[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """noaux_tc routing (docs/model-and-ops.md 2.3) of x [T, D] -> (expert ids [T, k] int64, weights [T, k] float64),
     experts in descending order of their biased score (ties -> lower expert id)."""
+    config = ref_config(config)
     E, G, TG, K = config.n_routed_experts, config.n_group, config.topk_group, config.num_experts_per_tok
     s = torch.sigmoid(x.to(F64) @ get(lw, "mlp.gate.weight").T)  # [T, E]
     b = s + get(lw, "mlp.gate.e_score_correction_bias")[None, :]
@@ -379,6 +509,7 @@ def reference_moe(config, lw: Mapping[str, Tensor], x: Tensor) -> Tensor:
     """Routed experts (a plain loop over the chosen experts) + shared expert. With `lw.act_quant` set,
     the fp8 routed experts' GEMM outputs are rounded to bf16 (the HAL `grouped_gemm` contract: fp8
     inputs give a bf16 result, as DeepGEMM's grouped GEMMs do); the shared expert is a plain linear."""
+    config = ref_config(config)
     ids, w = reference_router(config, lw, x)
     out = torch.zeros_like(x)
     bf16_out = getattr(lw, "act_quant", None) is not None
@@ -407,6 +538,7 @@ def reference_logits(
     kv_cache_dtype: Optional[str] = None,
     act_quant: Optional[bool] = None,
     selections: Optional[Sequence] = None,
+    cache_latents: Optional[Sequence[Tensor]] = None,
     return_aux: bool = False,
 ):
     """Logits [T, vocab] float64 of one sequence `input_ids` [T] (positions 0..T-1).
@@ -418,9 +550,12 @@ def reference_logits(
     act_quant: None = fp8-stored weights are dequantised and applied to exact inputs; True / False =
     also simulate the fp8 GEMMs' 1x128 activation quantisation (ue8m0 / plain scales), see `Weights`,
     and the bf16 output of the fp8 routed-expert GEMMs (`reference_moe`).
+    cache_latents: per layer, the latent-cache rows [T, P] the model stored for this sequence (e.g. its
+    packed fp8 tokens); the reference checks and uses them instead of rounding its own (`stored_latent`).
     return_aux: also return {"scores": [L x [T, T]], "masks": [L x [T, T] bool used],
     "own_masks": [L x own top-k mask]}.
     """
+    config = ref_config(config)
     weights = Weights(weights)
     weights.act_quant = act_quant
     ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
@@ -445,7 +580,9 @@ def reference_logits(
             aux["scores"].append(scores)
             aux["own_masks"].append(own)
         aux["masks"].append(mask)
-        h = h + reference_mla(config, lw, x, pos, mask, rope=mla_rope, yarn=yarn, kv_cache_dtype=kv_cache_dtype)
+        stored = None if cache_latents is None else cache_latents[layer]
+        h = h + reference_mla(config, lw, x, pos, mask, rope=mla_rope, yarn=yarn, kv_cache_dtype=kv_cache_dtype,
+                              cache_latent=stored)
         x = rmsnorm(h, get(lw, "post_attention_layernorm.weight"), eps)
         if config.is_moe_layer(layer):
             h = h + reference_moe(config, lw, x)
