@@ -109,3 +109,57 @@ def test_no_fp8_ops_on_ascend():
     """act_quant / fp8_linear are registered for npu only to say why they never run there."""
     for op in ("act_quant", "fp8_linear"):
         assert "no fp8" in registry.get(op, "npu").supported(npu_target())
+
+
+# ---------------------------------------------------------------- the stand-ins reject broken arguments
+
+
+def test_npu_fake_rejects_wrong_arguments():
+    """Block tables outside the key, length tensors of another dtype / count, a non-float scale, unmodelled options."""
+    npu = fake_npu.module()
+    g = common.rng(8)
+    i32 = lambda v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    key = common.randn((4, 16, 1, 512), g, torch.bfloat16)
+    rope = common.randn((4, 16, 1, 64), g, torch.bfloat16)
+    q = common.randn((2, 16, 512), g, torch.bfloat16)
+    qr = common.randn((2, 16, 64), g, torch.bfloat16)
+    kw = dict(block_table=i32([[2, 0], [1, 3]]), actual_seq_lengths_query=i32([1, 2]),
+              actual_seq_lengths_kv=i32([20, 9]),
+              query_rope=qr, key_rope=rope, layout_query="TND", layout_kv="PA_BSND", sparse_mode=0, attention_mode=2,
+              return_softmax_lse=True)
+    sparse = i32([[[0, 19, 5, -1]], [[8, 2, -1, -1]]])
+    out, _, _ = npu.npu_sparse_flash_attention(q, key, key, sparse, 0.1, **kw)
+    assert out.shape == (2, 16, 512)
+    bad = [{"block_table": i32([[2, 4], [1, 3]])}, {"block_table": i32([[2, -1], [1, 3]])},
+           {"block_table": i32([[2, 0], [1, 3]]).long()}, {"actual_seq_lengths_kv": i32([20, 9]).long()},
+           {"actual_seq_lengths_kv": i32([40, 9])}, {"actual_seq_lengths_kv": i32([20])},
+           {"actual_seq_lengths_query": i32([1, 1])}, {"pre_tokens": 5}, {"sinks": torch.zeros(16)},
+           {"key_rope": rope.float()}]
+    for change in bad:
+        with pytest.raises(AssertionError):
+            npu.npu_sparse_flash_attention(q, key, key, sparse, 0.1, **{**kw, **change})
+    with pytest.raises(AssertionError):
+        npu.npu_sparse_flash_attention(q, key, key, sparse, torch.tensor(0.1), **kw)
+    # the block table is read: swapping a sequence's blocks changes what it attends to
+    swapped_table = {**kw, "block_table": i32([[0, 2], [1, 3]])}
+    swapped, _, _ = npu.npu_sparse_flash_attention(q, key, key, sparse, 0.1, **swapped_table)
+    assert not torch.equal(swapped[0], out[0]) and torch.equal(swapped[1], out[1])
+
+    iq = common.randn((2, 64, 128), g, torch.bfloat16)
+    ik = common.randn((2, 128, 1, 128), g, torch.bfloat16)
+    iw = common.randn((2, 64), g, torch.bfloat16)
+    ikw = dict(actual_seq_lengths_query=i32([1, 2]), actual_seq_lengths_key=i32([100, 30]), block_table=i32([[1], [0]]),
+               layout_query="TND", layout_key="PA_BSND", sparse_count=8, sparse_mode=3)
+    npu.npu_lightning_indexer(iq, ik, iw, **ikw)
+    for change in [{"block_table": i32([[1], [2]])}, {"actual_seq_lengths_key": i32([100, 30]).long()},
+                   {"actual_seq_lengths_key": i32([200, 30])}, {"block_table": i32([[1, 0]]) }, {"next_tokens": 0}]:
+        with pytest.raises(AssertionError):
+            npu.npu_lightning_indexer(iq, ik, iw, **{**ikw, **change})
+
+    x, w = common.randn((6, 32), g, torch.bfloat16), common.randn((2, 32, 8), g, torch.bfloat16)
+    gl = torch.tensor([2, 5])
+    npu.npu_grouped_matmul([x], [w], group_list=gl, split_item=3, group_type=0)
+    for change in [{"group_list": gl.int()}, {"group_list": torch.tensor([2, 7])}, {"bias": [torch.zeros(8)]},
+                   {"output_dtype": torch.float32}, {"group_list_type": 1}]:
+        with pytest.raises(AssertionError):
+            npu.npu_grouped_matmul([x], [w], **{"group_list": gl, "split_item": 3, "group_type": 0, **change})
