@@ -191,15 +191,16 @@ def max_rel(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def min_boundary_gap(config: dict, weights: dict, ids: Tensor, **ref_kw) -> float:
+def min_boundary_gap(config, weights: dict, ids: Tensor, **ref_kw) -> float:
     """Smallest gap, relative to the row's largest |score|, between the k-th and (k+1)-th reference
     index score over every layer and every query that has more than k visible keys. 0 = an exact tie
     at the top-k boundary (ReLU makes all-zero scores common with random weights), where two correct
-    implementations may legally select different keys. `config`: the config.json dict (tiny_config_json)."""
-    from dsa.conformance.reference.model_ref import reference_logits
+    implementations may legally select different keys. `config`: config.json, its path or json.load dict."""
+    from dsa.conformance.reference.model_ref import ref_config, reference_logits
 
+    config = ref_config(config)
     _, aux = reference_logits(config, weights, ids, return_aux=True, **ref_kw)
-    k, worst = config["index_topk"], float("inf")
+    k, worst = config.index_topk, float("inf")
     for scores in aux["scores"]:
         for t in range(k, ids.numel()):
             row = scores[t, : t + 1].sort(descending=True).values
