@@ -220,3 +220,23 @@ def test_a_rank_other_than_0_stays_silent_with_the_same_status(sandbox):
     r = _cli([*RUN, "--tp", "2", "--prompt", LONG_PROMPT], sandbox, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
              LOCAL_WORLD_SIZE="2")
     _check(r.returncode, 2, r.stdout, r.stderr, ["the context holds 4096"])
+
+
+def test_nproc_parent_prints_a_silent_rank_error_once_with_its_status(tmp_path, capsys):
+    """Rank 1 failed alone (its line is in its error file) and rank 0 was stopped: the parent prints that
+    line once and exits with rank 1's status; a rank killed by signal N is 128 + N."""
+    from types import SimpleNamespace
+
+    from dsa.dist.launch import _failure
+
+    errors = [tmp_path / "rank0.err", tmp_path / "rank1.err"]
+    errors[1].write_text("error: shard 2 is truncated\n")
+    procs = [SimpleNamespace(returncode=-15), SimpleNamespace(returncode=2)]
+    assert _failure(procs, 1, errors) == 2
+    assert capsys.readouterr().err == "error: shard 2 is truncated\n"
+    procs = [SimpleNamespace(returncode=2), SimpleNamespace(returncode=-15)]  # rank 0 spoke itself
+    assert _failure(procs, 0, errors) == 2 and capsys.readouterr().err == ""
+    procs = [SimpleNamespace(returncode=-15), SimpleNamespace(returncode=-9)]
+    errors[1].unlink()
+    assert _failure(procs, 1, errors) == 137
+    assert capsys.readouterr().err.startswith("error: rank 1 of 2 exited with status 137")
