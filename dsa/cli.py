@@ -232,7 +232,8 @@ def cmd_run(args) -> int:
     if chat and tokenizer.chat_template is None:
         raise InputError(f"--chat: model {source.name} has no chat template (tokenizer_config.json); use --raw")
     if prompt is not None:
-        check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), setup.max_seq_len)  # before any heavy work
+        check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), setup.max_seq_len,  # before any heavy work
+                          setup.config.max_position_embeddings)
     if launch.must_spawn(plan, args.nproc):  # this process only starts and waits for the ranks
         return launch.spawn_local(args.nproc, args.argv)
     groups = launch.init(plan)  # None: one process
@@ -275,7 +276,7 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
 
     def answer(text: str) -> None:
         ids = prompt_ids(tokenizer, text, chat)
-        check_prompt_fits(len(ids), engine.max_seq_len)  # before echoing anything
+        check_prompt_fits(len(ids), engine.max_seq_len, setup.config.max_position_embeddings)  # before echoing anything
         stream = tokenizer.stream_decoder()
         if serving:
             if not chat:  # raw text: print the continuation after the prompt; chat: only the reply

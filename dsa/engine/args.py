@@ -23,7 +23,7 @@ import torch
 
 from dsa.errors import InputError
 from dsa.planning.device_profile import DTYPES as DTYPE_NAMES
-from dsa.planning.device_profile import KV_DTYPES, WEIGHT_FORMATS
+from dsa.planning.device_profile import KV_DTYPES, MAX_NODES, MAX_PAGE_SIZE, MAX_PARALLEL, WEIGHT_FORMATS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # the compute dtypes, by name
 assert tuple(DTYPES) == DTYPE_NAMES
@@ -92,10 +92,11 @@ class EngineArgs:
         if not isinstance(self.indexer_fp8, bool):
             raise _bad("indexer_fp8", self.indexer_fp8, "True or False")
         _integer("max_seq_len", self.max_seq_len, low=2)
-        _integer("page_size", self.page_size, low=1)
+        _integer("page_size", self.page_size, low=1, high=MAX_PAGE_SIZE + 1)
         _integer("weights_seed", self.weights_seed, low=0, high=MAX_SEED, optional=False)
-        for name in ("tp", "ep", "dp_attention", "nodes"):
-            _integer(name, getattr(self, name), low=1)
+        for name in ("tp", "ep", "dp_attention"):
+            _integer(name, getattr(self, name), low=1, high=MAX_PARALLEL + 1)
+        _integer("nodes", self.nodes, low=1, high=MAX_NODES + 1)
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
@@ -211,7 +212,12 @@ def _integer(name: str, value: Any, *, low: int, high: Optional[int] = None, opt
         return
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value < high)
     if not ok:
-        span = f"an integer >= {low}" if high is None else f"an integer in [{low}, 2**{int(math.log2(high))})"
+        if high is None:
+            span = f"an integer >= {low}"
+        elif high & (high - 1) == 0:  # a power of two
+            span = f"an integer in [{low}, 2**{int(math.log2(high))})"
+        else:
+            span = f"an integer in [{low}, {high - 1}]"
         raise _bad(name, value, span)
 
 

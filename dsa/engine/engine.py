@@ -110,7 +110,7 @@ class Engine:
         """Yield generated token ids (the eos that stops generation is not yielded)."""
         if not prompt_ids:
             raise InputError("the prompt is empty; give at least one token")
-        check_prompt_fits(len(prompt_ids), self.max_seq_len)
+        check_prompt_fits(len(prompt_ids), self.max_seq_len, self.config.max_position_embeddings)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
         generator = None
         if params.seed is not None:

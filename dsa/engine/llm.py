@@ -120,7 +120,7 @@ class LLM:
         for ids in encoded:  # every prompt checked before any is generated
             if not ids:
                 raise InputError("a prompt is empty; give at least one token")
-            check_prompt_fits(len(ids), self.max_seq_len)
+            check_prompt_fits(len(ids), self.max_seq_len, self.config.max_position_embeddings)
         results = []
         for prompt, ids in zip(batch, encoded):
             tokens = list(self.engine.generate(ids, params))

@@ -9,7 +9,7 @@ import math
 
 from dsa.errors import DsaError
 from dsa.model.config import ModelConfig
-from dsa.planning.device_profile import DeviceProfile, LayoutSpec
+from dsa.planning.device_profile import MAX_PARALLEL, DeviceProfile, LayoutSpec, check_node_count
 
 
 def resolve_layout(profile: DeviceProfile, config: ModelConfig, tp, ep, dp_attention, nodes) -> LayoutSpec:
@@ -20,6 +20,10 @@ def resolve_layout(profile: DeviceProfile, config: ModelConfig, tp, ep, dp_atten
     for name, v in (("tp", tp), ("ep", ep), ("dp_attention", dp_attention), ("nodes", nodes)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             raise DsaError(f"{name} must be a positive integer, got {v!r}")
+        if v is not None and name != "nodes" and v > MAX_PARALLEL:
+            raise DsaError(f"{name} must be at most {MAX_PARALLEL}, got {v}")
+    if nodes is not None:
+        check_node_count(nodes, "nodes")
     n_nodes = nodes if nodes is not None else base.nodes
     devices = profile.devices_per_node * n_nodes
     cpu = profile.platform == "cpu"  # CPU ranks are processes: not bounded by a device count

@@ -34,7 +34,7 @@ from typing import Optional
 from dsa.errors import DsaError, NoProviderError
 from dsa.hal import registry
 from dsa.model.config import ModelConfig
-from dsa.planning.device_profile import KV_DTYPES, WEIGHT_FORMATS, DeviceProfile, LayoutSpec
+from dsa.planning.device_profile import KV_DTYPES, WEIGHT_FORMATS, DeviceProfile, LayoutSpec, check_node_count
 from dsa.planning.hardware import Hardware
 from dsa.planning.layout import candidate_layouts, resolve_layout
 from dsa.planning.memory import (
@@ -245,8 +245,7 @@ def search_layouts(profile: DeviceProfile, config: ModelConfig, *, max_nodes: Op
                    batch: Optional[int] = None) -> LayoutSearch:
     """The smallest layout that fits: fewest devices over 1..max_nodes nodes, then the profile's own shape."""
     max_nodes = DEFAULT_SEARCH_NODES if max_nodes is None else max_nodes
-    if isinstance(max_nodes, bool) or not isinstance(max_nodes, int) or max_nodes <= 0:
-        raise DsaError(f"nodes must be a positive integer, got {max_nodes!r}")
+    check_node_count(max_nodes, "nodes")  # 1..MAX_NODES: a search over 100000 nodes would take minutes
     _check_request(config, context, batch)
     _formats(profile, config, kv_cache_dtype, weights, [])  # format errors before any layout
     common = dict(kv_cache_dtype=kv_cache_dtype, weights=weights, memory_gb=memory_gb, context=context, batch=batch)

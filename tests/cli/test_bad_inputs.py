@@ -88,6 +88,9 @@ ROWS = [
     (["plan", "--device", "{tmp}/bad_profile.yaml"], 2, []),
     (["plan", "--device", "cpu", "--model", "{tmp}/a_dir"], 2, []),
     (["plan", "--device", "cpu", "--ep", "0"], 2, ["--ep"]),
+    (["plan", "--device", "h200", "--nodes", "100000"], 2, ["--nodes", "1024"]),  # a search would take minutes
+    (["run", "--device", "cpu", "--tp", "10000000"], 2, ["--tp"]),
+    (["plan", "--device", "cpu", "--page-size", "100000"], 2, ["--page-size"]),
     # devices and the top level
     (["devices", "--bogus"], 2, ["--bogus"]),
     ([], 2, []),

@@ -49,7 +49,8 @@ def test_frozen():
 @pytest.mark.parametrize("kwargs, words", [
     ({"max_seq_len": True}, ["max_seq_len (--max-seq-len)", "integer"]),
     ({"max_seq_len": 128.0}, ["max_seq_len", "integer"]),
-    ({"tp": 0}, ["tp (--tp)", ">= 1"]),
+    ({"tp": 0}, ["tp (--tp)", "[1, "]),
+    ({"nodes": 100000}, ["nodes (--nodes)", "1024"]),
     ({"weights_seed": -1}, ["weights_seed (--weights-seed)"]),
     ({"weights_seed": 2**63}, ["weights_seed", "2**63"]),
     ({"dtype": "int8"}, ["dtype (--dtype)", "bf16"]),
