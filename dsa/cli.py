@@ -300,7 +300,7 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
                 line = read_line(sys.stdin, limit)
             except LineTooLong as err:  # refused, the session goes on
                 line = ""
-                print(f"error: {err}", file=sys.stderr, flush=True)
+                print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
                 skip_line(sys.stdin)
             except EOFError as err:  # undecodable stdin: the session ends with a user error
                 line, problem = None, str(err)
@@ -316,7 +316,7 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
                 answer(line)
             except InputError as err:  # a bad prompt must not end the session
                 if rank0:
-                    print(f"error: {err}", file=sys.stderr, flush=True)
+                    print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
     return 0
 
 
@@ -373,13 +373,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except DsaError as err:
-        _say(f"error: {err}")
+        _say(f"error: {one_line(str(err))}")
         return 2
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
     except BrokenPipeError:
         return 0
+
+
+def one_line(message: str) -> str:
+    """A message as one terminal line: control and line-break characters (a name the user typed can hold
+    any) shown escaped, so that an error is always exactly one `error:` line."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _say(line: str) -> None:

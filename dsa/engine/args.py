@@ -84,7 +84,7 @@ class EngineArgs:
         if self.dtype is not None:
             names = {v: k for k, v in DTYPES.items()}
             dtype = names.get(self.dtype, self.dtype) if isinstance(self.dtype, torch.dtype) else self.dtype
-            if dtype not in DTYPES:
+            if not isinstance(dtype, str) or dtype not in DTYPES:
                 raise _bad("dtype", self.dtype, f"one of {', '.join(DTYPES)}")
             object.__setattr__(self, "dtype", dtype)
         _choice("kv_cache_dtype", self.kv_cache_dtype, KV_DTYPES)
@@ -202,7 +202,7 @@ def _bad(name: str, value: Any, expected: str) -> InputError:
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value is not None and value not in choices:
+    if value is not None and (not isinstance(value, str) or value not in choices):
         raise _bad(name, value, f"one of {', '.join(choices)}")
 
 

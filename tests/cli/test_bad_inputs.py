@@ -89,6 +89,7 @@ ROWS = [
     (["plan", "--device", "cpu", "--model", "{tmp}/a_dir"], 2, []),
     (["plan", "--device", "cpu", "--ep", "0"], 2, ["--ep"]),
     (["plan", "--device", "h200", "--nodes", "100000"], 2, ["--nodes", "1024"]),  # a search would take minutes
+    (["plan", "--device", "0\x1e\n"], 2, ["\\x1e", "\\n"]),  # control characters shown escaped: still one line
     (["run", "--device", "cpu", "--tp", "10000000"], 2, ["--tp"]),
     (["plan", "--device", "cpu", "--page-size", "100000"], 2, ["--page-size"]),
     # devices and the top level
