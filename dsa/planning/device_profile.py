@@ -46,6 +46,8 @@ KV_DTYPES = ("bf16", "fp8")
 # Bounds of the numbers (far above any real machine): they keep the layout checks and searches, which
 # walk the divisors of the world size, short. MAX_NODES also bounds `--nodes` (check_node_count).
 MAX_NODES = 1024
+MAX_PROFILE_CHARS = 1 << 20  # a profile is a few hundred bytes
+MAX_NESTING = 64
 MAX_DEVICES_PER_NODE = 1024
 MAX_MEMORY_GB = 1e6  # per device, GiB
 MAX_PAGE_SIZE = 1 << 16  # tokens per KV cache page
@@ -141,6 +143,12 @@ def _read_yaml(path: Path) -> Any:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ProfileError(f"{_display(path)}: cannot read the profile ({err})") from None
+    if len(text) > MAX_PROFILE_CHARS:
+        raise ProfileError(f"{_display(path)}: {len(text)} characters is not a device profile (at most "
+                           f"{MAX_PROFILE_CHARS}); pass a profile .yaml")
+    depth = _bracket_depth(text)
+    if depth > MAX_NESTING:  # YAML's parser takes seconds on thousands of nested brackets before failing
+        raise ProfileError(f"{_display(path)}: flow collections nested {depth} deep (a profile needs a few)")
     try:
         return yaml.safe_load(text)
     except (ValueError, RecursionError) as err:  # an integer over Python's 4300-digit limit, nesting too deep
@@ -153,6 +161,18 @@ def _read_yaml(path: Path) -> Any:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ProfileError(f"{_display(path)}: not valid YAML{where}: {problem}") from None
+
+
+def _bracket_depth(text: str) -> int:
+    """The deepest nesting of [ and { in `text` (quotes ignored: an upper bound, cheap)."""
+    depth = deepest = 0
+    for c in text:
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def node_count_problem(nodes: Any) -> str | None:
