@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from dsa.errors import TokenizerError
-from dsa.model.fields import int_problem, is_int, read_json
+from dsa.model.fields import int_problem, is_int, read_json_object
 
 BOS, EOS, PAD, UNK = 0, 1, 2, 3
 OFFSET = 4
@@ -141,14 +141,7 @@ class HFStreamDecoder:
 def _read_json(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
-    try:
-        text = path.read_bytes()
-    except OSError as err:
-        raise TokenizerError(f"{path}: cannot read it ({err.strerror or err}); re-download it") from None
-    data = read_json(text, lambda why: TokenizerError(f"{path}: not valid JSON ({why}); re-download it"))
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path}: expected a JSON object; re-download it")
-    return data
+    return read_json_object(path, TokenizerError, "re-download it")
 
 
 def _token_text(value: Any) -> Optional[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dsa.errors import ConfigError
-from dsa.model.fields import float_problem, int_problem, read_json, show
+from dsa.model.fields import float_problem, int_problem, read_json_object, show
 
 MODEL_TYPES = ("deepseek_v32",)
 
@@ -184,13 +184,7 @@ class ModelConfig:
             path = path / "config.json"
         if not path.is_file():
             raise ConfigError(f"model config {path} not found; pass a checkpoint directory or a config.json")
-        try:
-            text = path.read_bytes()
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read it ({err.strerror or err})") from None
-        raw = read_json(text, lambda why: ConfigError(f"{path}: not valid JSON ({why}); re-download config.json"))
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object")
+        raw = read_json_object(path, ConfigError, "re-download config.json")
         return cls.from_dict(raw, str(path))
 
     def validate(self, source: str = "config") -> None:

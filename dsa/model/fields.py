@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 MAX_INT = 1 << 62  # larger integers never describe a real model, device or file (and would slow the arithmetic)
@@ -65,6 +66,19 @@ def read_json(text: str | bytes, fail: Callable[[str], Exception]) -> Any:
         raise fail(str(err).splitlines()[0][:200] if str(err) else type(err).__name__) from None
 
 
+def read_json_object(path, error: Callable[[str], Exception], fix: str) -> dict:
+    """The JSON object in file `path`; an unreadable file, bad JSON (as read_json) or another JSON value is
+    error(f"{path}: <problem>; {fix}")."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as err:
+        raise error(f"{path}: cannot read it ({err.strerror or err}); {fix}") from None
+    data = read_json(text, lambda why: error(f"{path}: not valid JSON ({why}); {fix}"))
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object; {fix}")
+    return data
+
+
 def _int_range(lo: Optional[int], hi: Optional[int]) -> str:
     if lo == 1 and (hi is None or hi == MAX_INT):
         return "a positive integer"
@@ -95,4 +109,4 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["MAX_INT", "is_int", "int_problem", "float_problem", "read_json", "show"]
+__all__ = ["MAX_INT", "is_int", "int_problem", "float_problem", "read_json", "read_json_object", "show"]
