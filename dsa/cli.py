@@ -1,5 +1,5 @@
-"""`dsa`: run | plan | devices | make-checkpoint | conformance. A thin layer over
-dsa.planning.device_profile / plan / build / engine.
+"""`dsa`: run | plan | devices | make-checkpoint | conformance | bench. A thin layer: the flags become an
+EngineArgs (dsa.engine.args), which resolves the profile, model and plan and builds the engine.
 
 Exit status: 0 ok, 1 a failure (a conformance case failed, a bench measured nothing), 2 a usage or input
 error (`DsaError`: one line `error: ...` on stderr, no traceback), 130 interrupted. Several ranks: only
@@ -214,7 +214,6 @@ def skip_line(stream) -> None:
 def cmd_run(args) -> int:
     from dsa.dist import launch
     from dsa.engine.args import EngineArgs
-    from dsa.engine.engine import check_prompt_fits
     from dsa.engine.sampling import SamplingParams
     from dsa.io.model_source import prompt_ids
     from dsa.planning.hardware import detect
@@ -232,8 +231,7 @@ def cmd_run(args) -> int:
     if chat and tokenizer.chat_template is None:
         raise InputError(f"--chat: model {source.name} has no chat template (tokenizer_config.json); use --raw")
     if prompt is not None:
-        check_prompt_fits(len(prompt_ids(tokenizer, prompt, chat)), setup.max_seq_len,  # before any heavy work
-                          setup.config.max_position_embeddings)
+        setup.check_prompt(len(prompt_ids(tokenizer, prompt, chat)))  # before any heavy work
     if launch.must_spawn(plan, args.nproc):  # this process only starts and waits for the ranks
         return launch.spawn_local(args.nproc, args.argv)
     groups = launch.init(plan)  # None: one process
@@ -250,7 +248,6 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
 
     from dsa.dist import launch
     from dsa.dist.lockstep import Lockstep
-    from dsa.engine.engine import check_prompt_fits
     from dsa.io.model_source import prompt_ids
     from dsa.io.tokenizer import clean_text
 
@@ -276,7 +273,7 @@ def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
 
     def answer(text: str) -> None:
         ids = prompt_ids(tokenizer, text, chat)
-        check_prompt_fits(len(ids), engine.max_seq_len, setup.config.max_position_embeddings)  # before echoing anything
+        engine.check_prompt(len(ids))  # before echoing anything
         stream = tokenizer.stream_decoder()
         if serving:
             if not chat:  # raw text: print the continuation after the prompt; chat: only the reply

@@ -168,6 +168,12 @@ class EngineSetup:
     def dtype(self) -> torch.dtype:
         return DTYPES[self.plan.dtype]
 
+    def check_prompt(self, prompt_tokens: int) -> None:
+        """InputError unless a prompt of this many tokens leaves room in the context (before any weight is read)."""
+        from dsa.engine.engine import check_prompt_fits
+
+        check_prompt_fits(prompt_tokens, self.max_seq_len, self.config.max_position_embeddings)
+
     def tokenizer(self):
         from dsa.io.model_source import load_source_tokenizer
 

@@ -105,12 +105,16 @@ class Engine:
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
         return self.model(ids, batch, self.cache, last_only=True)[0].cpu()  # sampling runs on the host
 
+    def check_prompt(self, prompt_tokens: int) -> None:
+        """InputError unless a prompt of this many tokens leaves room in this engine's context."""
+        check_prompt_fits(prompt_tokens, self.max_seq_len, self.config.max_position_embeddings)
+
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
         """Yield generated token ids (the eos that stops generation is not yielded)."""
         if not prompt_ids:
             raise InputError("the prompt is empty; give at least one token")
-        check_prompt_fits(len(prompt_ids), self.max_seq_len, self.config.max_position_embeddings)
+        self.check_prompt(len(prompt_ids))
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
         generator = None
         if params.seed is not None:

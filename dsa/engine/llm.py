@@ -101,7 +101,6 @@ class LLM:
         """One result per prompt, in order. chat: None = the chat template when the tokenizer has one,
         True = always (InputError without one), False = the text as is. With a seed, every prompt samples
         from a generator seeded with it (results do not depend on the other prompts)."""
-        from dsa.engine.engine import check_prompt_fits
         from dsa.io.model_source import prompt_ids
 
         params = SamplingParams(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
@@ -120,7 +119,7 @@ class LLM:
         for ids in encoded:  # every prompt checked before any is generated
             if not ids:
                 raise InputError("a prompt is empty; give at least one token")
-            check_prompt_fits(len(ids), self.max_seq_len, self.config.max_position_embeddings)
+            self.engine.check_prompt(len(ids))
         results = []
         for prompt, ids in zip(batch, encoded):
             tokens = list(self.engine.generate(ids, params))
