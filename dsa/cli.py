@@ -34,10 +34,9 @@ class _Parser(argparse.ArgumentParser):
 _ENGINE_FLAG_OPTIONS = {
     "model": dict(help="checkpoint dir, config.json, or built-in model name (default: tiny)"),
     "device": dict(required=True, help="device profile name (see `dsa devices`) or a .yaml path"),
-    "dtype": dict(choices=("bf16", "fp16", "fp32"), help="compute dtype (default: the profile's)"),
-    "kv_cache_dtype": dict(choices=("bf16", "fp8"), help="latent cache format (default: the profile's)"),
-    "weights": dict(choices=("fp8", "bf16"), help="fp8 keeps a checkpoint's fp8 weights, bf16 dequantises them "
-                                                   "(default: the profile's)"),
+    "dtype": dict(help="compute dtype (default: the profile's)"),
+    "kv_cache_dtype": dict(help="latent cache format (default: the profile's)"),
+    "weights": dict(help="fp8 keeps a checkpoint's fp8 weights, bf16 dequantises them (default: the profile's)"),
     "indexer_fp8": dict(action=argparse.BooleanOptionalAction, default=None,
                         help="round the indexer's q / k to fp8 as the release does (default: on)"),
     "max_seq_len": dict(type=int, metavar="N", help="context limit (default: the model's max_position_embeddings)"),
@@ -53,11 +52,13 @@ PLAN_FIELDS = ("model", "device", "dtype", "kv_cache_dtype", "weights", "page_si
 
 
 def _add_engine_flags(p: argparse.ArgumentParser, names=tuple(_ENGINE_FLAG_OPTIONS)) -> None:
-    """One flag (with its vLLM-style aliases) per EngineArgs field; each sets the attribute of the field's name."""
-    from dsa.engine.args import FLAGS
+    """One flag (with its vLLM-style aliases) per EngineArgs field; each sets the attribute of the field's name.
+    Named values (dtype, kv_cache_dtype, weights) offer EngineArgs' own choices."""
+    from dsa.engine.args import CHOICES, FLAGS
 
     for name in names:
-        p.add_argument(*FLAGS[name], dest=name, **_ENGINE_FLAG_OPTIONS[name])
+        choices = {"choices": CHOICES[name]} if name in CHOICES else {}
+        p.add_argument(*FLAGS[name], dest=name, **choices, **_ENGINE_FLAG_OPTIONS[name])
 
 
 def build_parser() -> argparse.ArgumentParser:

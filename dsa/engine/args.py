@@ -28,6 +28,7 @@ from dsa.planning.device_profile import KV_DTYPES, MAX_NODES, MAX_PAGE_SIZE, MAX
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # the compute dtypes, by name
 assert tuple(DTYPES) == DTYPE_NAMES
 MAX_SEED = 2**63
+CHOICES = {"dtype": DTYPE_NAMES, "kv_cache_dtype": KV_DTYPES, "weights": WEIGHT_FORMATS}  # the named values
 
 # field -> the `dsa run` / `dsa plan` flags that set it (the first is the one help and errors show)
 FLAGS = {
