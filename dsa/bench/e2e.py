@@ -167,14 +167,14 @@ def worker(engine: str, checkpoint: Path, dtype: str, threads: int, contexts: Se
 
 def rss_in_subprocess(engine: str, checkpoint: Path, dtype: str, threads: int, contexts: Sequence[int], steps: int,
                       max_len: int, device_profile: str, timeout: float = 3600) -> dict:
-    source_root = Path(__file__).resolve().parents[2]  # the directory holding this dsa package
+    from dsa.dist.launch import child_pythonpath
 
     cmd = [sys.executable, "-m", "dsa.bench.e2e", "--worker", engine, "--checkpoint", str(checkpoint), "--dtype", dtype,
            "--threads", str(threads), "--steps", str(steps), "--max-len", str(max_len), "--device-profile",
            device_profile, "--contexts", ",".join(map(str, contexts))]
     env = dict(os.environ, **_HF_ENV)
-    env["PYTHONPATH"] = os.pathsep.join([str(source_root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(cmd, cwd=source_root, env=env, capture_output=True, text=True, timeout=timeout)
+    env["PYTHONPATH"] = child_pythonpath(env)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"{engine} RSS worker failed (exit {proc.returncode}): {' | '.join(tail)}")

@@ -36,6 +36,15 @@ POLL_SECONDS = 0.2
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
+def child_pythonpath(environ=None) -> str:
+    """PYTHONPATH for a child `python -m dsa...` that must import this same dsa package: the directory holding
+    it is added only when it is not already on sys.path (a source checkout used without installing). An
+    installed wheel's site-packages is never put ahead of the standard library."""
+    current = (os.environ if environ is None else environ).get("PYTHONPATH", "")
+    on_path = any(Path(p or ".").resolve() == SOURCE_ROOT for p in sys.path)
+    return os.pathsep.join(p for p in ([] if on_path else [str(SOURCE_ROOT)]) + [current] if p)
+
+
 def launched() -> bool:
     """This process is one rank of a torchrun / spawn_local launch."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -106,7 +115,7 @@ def spawn_local(nproc: int, argv: Sequence[str]) -> int:
     import tempfile
 
     port = free_port()
-    path = os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)
+    path = child_pythonpath()
     threads = ({} if "OMP_NUM_THREADS" in os.environ
                else {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))})
     procs: list[subprocess.Popen] = []
