@@ -14,7 +14,6 @@ A bad value is an `InputError` naming the field and its flag, raised before any 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Optional
@@ -22,12 +21,12 @@ from typing import Any, Optional
 import torch
 
 from dsa.errors import InputError
+from dsa.model.fields import is_int, seed_problem
 from dsa.planning.device_profile import DTYPES as DTYPE_NAMES
 from dsa.planning.device_profile import KV_DTYPES, MAX_NODES, MAX_PAGE_SIZE, MAX_PARALLEL, WEIGHT_FORMATS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}  # the compute dtypes, by name
 assert tuple(DTYPES) == DTYPE_NAMES
-MAX_SEED = 2**63
 CHOICES = {"dtype": DTYPE_NAMES, "kv_cache_dtype": KV_DTYPES, "weights": WEIGHT_FORMATS}  # the named values
 
 # field -> the `dsa run` / `dsa plan` flags that set it (the first is the one help and errors show)
@@ -94,7 +93,9 @@ class EngineArgs:
             raise _bad("indexer_fp8", self.indexer_fp8, "True or False")
         _integer("max_seq_len", self.max_seq_len, low=2)
         _integer("page_size", self.page_size, low=1, high=MAX_PAGE_SIZE + 1)
-        _integer("weights_seed", self.weights_seed, low=0, high=MAX_SEED, optional=False)
+        problem = seed_problem(self.weights_seed)
+        if problem:
+            raise InputError(f"{_where('weights_seed')} {problem}")
         for name in ("tp", "ep", "dp_attention"):
             _integer(name, getattr(self, name), low=1, high=MAX_PARALLEL + 1)
         _integer("nodes", self.nodes, low=1, high=MAX_NODES + 1)
@@ -213,18 +214,13 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise _bad(name, value, f"one of {', '.join(choices)}")
 
 
-def _integer(name: str, value: Any, *, low: int, high: Optional[int] = None, optional: bool = True) -> None:
+def _integer(name: str, value: Any, *, low: int, high: Optional[int] = None) -> None:
     """Integers are integers: not True, not 4.0, not '4'."""
-    if value is None and optional:
+    if value is None:
         return
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value < high)
+    ok = is_int(value) and value >= low and (high is None or value < high)
     if not ok:
-        if high is None:
-            span = f"an integer >= {low}"
-        elif high & (high - 1) == 0:  # a power of two
-            span = f"an integer in [{low}, 2**{int(math.log2(high))})"
-        else:
-            span = f"an integer in [{low}, {high - 1}]"
+        span = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high - 1}]"
         raise _bad(name, value, span)
 
 

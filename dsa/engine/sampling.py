@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 
 from dsa.errors import InputError
+from dsa.model.fields import seed_problem
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,9 @@ class SamplingParams:
             raise InputError(f"top_p must be in (0, 1], got {p!r}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InputError(f"max_new_tokens must be an integer >= 1, got {n!r}")
-        s = self.seed
-        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63):
-            raise InputError(f"seed must be an integer in [0, 2**63), got {s!r}")
+        problem = None if self.seed is None else seed_problem(self.seed)
+        if problem:
+            raise InputError(f"seed {problem}")
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator]) -> int:

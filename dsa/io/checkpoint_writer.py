@@ -27,13 +27,13 @@ from dsa.errors import ConfigError, DsaError, InputError, OutputDirError
 from dsa.io.checkpoint import INDEX_FILE
 from dsa.io.tokenizer_writer import TOKENIZER_FILES
 from dsa.model.config import ModelConfig
+from dsa.model.fields import is_int, seed_problem
 
 QUANTIZATION_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
                        "weight_block_size": [128, 128]}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")  # shard_name's pattern
 CHECKPOINT_FILES = ("config.json", INDEX_FILE, *TOKENIZER_FILES)  # with the shards: every file we write
-MAX_SEED = 2**63  # seeds are integers in [0, 2**63), as in dsa.engine.args and SamplingParams
 log = logging.getLogger(__name__)
 
 ConfigSource = Union[str, Path, ModelConfig]
@@ -281,12 +281,10 @@ def _write_into(tmp: Path, raw: dict, config: ModelConfig, *, fp8: bool, seed: i
 
 def _check_arguments(seed, num_shards) -> None:
     """Seeds are integers in [0, 2**63) (as `dsa run --seed` and EngineArgs.weights_seed); shards integers."""
-    def integer(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    if not integer(seed) or not 0 <= seed < MAX_SEED:
-        raise InputError(f"--seed must be an integer in [0, 2**63), got {seed!r}")
-    if not integer(num_shards):
+    problem = seed_problem(seed)
+    if problem:
+        raise InputError(f"--seed {problem}")
+    if not is_int(num_shards):
         raise InputError(f"--shards must be an integer, got {num_shards!r}")
 
 

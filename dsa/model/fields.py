@@ -22,9 +22,19 @@ from typing import Any, Callable, Optional
 MAX_INT = 1 << 62  # larger integers never describe a real model, device or file (and would slow the arithmetic)
 
 
+MAX_SEED = 1 << 63  # seeds (sampling, random weights) are integers in [0, 2**63): what torch.Generator takes
+
+
 def is_int(value: Any) -> bool:
     """A true integer: not a bool, not a float such as 128.0."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def seed_problem(value: Any) -> Optional[str]:
+    """None for a valid seed, else what is wrong with it ("must be ..."): the one seed rule of the CLI and API."""
+    if is_int(value) and 0 <= value < MAX_SEED:
+        return None
+    return f"must be an integer in [0, 2**63), got {value!r}"
 
 
 def int_problem(value: Any, lo: Optional[int] = None, hi: Optional[int] = MAX_INT) -> Optional[str]:
@@ -109,4 +119,5 @@ def show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-__all__ = ["MAX_INT", "is_int", "int_problem", "float_problem", "read_json", "read_json_object", "show"]
+__all__ = ["MAX_INT", "is_int", "int_problem", "float_problem", "read_json", "read_json_object", "show", "MAX_SEED",
+           "seed_problem"]
