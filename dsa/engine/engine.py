@@ -1,45 +1,24 @@
-"""Generation: prefill, decode with the paged KV + index caches, sampling, stop conditions.
+"""Engine: the synchronous client of EngineCore that `dsa run` and `LLM` use.
 
-The engine owns the caches and the block allocator; the model is the shared graph of `dsa/model/`.
-One `generate` call serves one sequence and streams its token ids; `GenerationStats` records the
-measured prompt (prefill) and decode throughput.
+`generate(prompt_ids, params)` streams one request's token ids; `generate_all(...)` submits many requests
+at once and steps the core until all are done (continuous batching: each step runs every running
+request's next tokens in one forward pass). `GenerationStats` records each request's measured prompt
+(time to first token) and decode throughput.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 
+from dsa.engine.core import EngineCore
+from dsa.engine.request import RequestOutput, check_prompt_fits  # noqa: F401  (check_prompt_fits: re-exported)
 from dsa.engine.sampling import SamplingParams, sample  # noqa: F401  (SamplingParams: re-exported)
+from dsa.engine.scheduler import SchedulerConfig
 from dsa.errors import InputError
-from dsa.model.cache import Batch, BlockAllocator, PagedCache
-
-
-def check_prompt_fits(prompt_tokens: int, max_seq_len: int, max_position_embeddings: Optional[int] = None) -> None:
-    """A prompt must leave room for at least one generated token: it must be shorter than the context by at
-    least 1. Raising --max-seq-len is suggested only where it can help: below `max_position_embeddings` (the
-    model's limit; when not given, the hint says it is the ceiling)."""
-    if prompt_tokens < max_seq_len:
-        return
-    if prompt_tokens == max_seq_len:
-        problem = (f"the prompt has {prompt_tokens} tokens and fills the context of {max_seq_len} exactly, leaving no "
-                   "room for a generated token (a prompt must be shorter than the context by at least 1)")
-    else:
-        problem = (f"the prompt has {prompt_tokens} tokens but the context holds {max_seq_len} (a prompt must be "
-                   "shorter than the context by at least 1)")
-    if max_position_embeddings is None:
-        hint = "shorten the prompt (or raise --max-seq-len, if it is below the model's max_position_embeddings)"
-    elif prompt_tokens < max_position_embeddings and max_seq_len < max_position_embeddings:
-        hint = (f"shorten the prompt, or raise --max-seq-len to at least {prompt_tokens + 1} (the model allows up "
-                f"to {max_position_embeddings})")
-    elif max_seq_len < max_position_embeddings:
-        hint = f"shorten the prompt: even the model's longest context ({max_position_embeddings}) cannot hold it"
-    else:
-        hint = (f"shorten the prompt (--max-seq-len {max_seq_len} is already at the model's limit, "
-                f"max_position_embeddings {max_position_embeddings})")
-    raise InputError(f"{problem}; {hint}")
 
 
 @dataclass
@@ -66,6 +45,9 @@ class GenerationStats:
         )
 
 
+DEFAULT_SEQUENCES = 4  # cache sized for this many full-context sequences when num_blocks is not given
+
+
 @dataclass
 class Engine:
     model: torch.nn.Module
@@ -77,6 +59,9 @@ class Engine:
     max_seq_len: Optional[int] = None
     eos_token_ids: tuple[int, ...] = (1,)
     device: Optional[torch.device] = None  # None: the model's parameters' device
+    num_blocks: Optional[int] = None  # None: DEFAULT_SEQUENCES full contexts
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    enable_prefix_caching: bool = True
     last_stats: GenerationStats = field(default_factory=GenerationStats)
 
     def __post_init__(self):
@@ -84,64 +69,85 @@ class Engine:
             self.max_seq_len = self.config.max_position_embeddings
         if self.page_size < 1:
             raise InputError(f"page_size must be >= 1, got {self.page_size}")
-        if self.device is None:
-            params = getattr(self.model, "parameters", None)
-            first = next(params(), None) if params is not None else None
-            self.device = first.device if first is not None else torch.device("cpu")
-        num_blocks = -(-self.max_seq_len // self.page_size)
-        self.cache = PagedCache(
-            self.config, num_blocks=num_blocks, page_size=self.page_size,
-            kv_cache_dtype=self.kv_cache_dtype, dtype=self.dtype, indexer_fp8=self.indexer_fp8, device=self.device,
+        if self.num_blocks is None:
+            self.num_blocks = DEFAULT_SEQUENCES * -(-self.max_seq_len // self.page_size)
+        self.core = EngineCore(
+            self.model, self.config, page_size=self.page_size, num_blocks=self.num_blocks,
+            max_seq_len=self.max_seq_len, kv_cache_dtype=self.kv_cache_dtype, dtype=self.dtype,
+            indexer_fp8=self.indexer_fp8, eos_token_ids=self.eos_token_ids, device=self.device,
+            scheduler=self.scheduler, enable_prefix_caching=self.enable_prefix_caching,
         )
-        self.allocator = BlockAllocator(num_blocks)
-
-    def _step(self, tokens: list[int], context_len: int, blocks: list[int]) -> torch.Tensor:
-        """Run len(tokens) new tokens of the one sequence; return the last token's logits [vocab]."""
-        needed = -(-(context_len + len(tokens)) // self.page_size)
-        if needed > len(blocks):
-            blocks.extend(self.allocator.allocate(needed - len(blocks)))
-        batch = Batch.build(new_lens=[len(tokens)], context_lens=[context_len], block_tables=[blocks],
-                            page_size=self.page_size, device=self.device)
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        return self.model(ids, batch, self.cache, last_only=True)[0].cpu()  # sampling runs on the host
+        self.device = self.core.device
+        self.cache, self.blocks = self.core.cache, self.core.blocks
+        self._ids = itertools.count()
 
     def check_prompt(self, prompt_tokens: int) -> None:
         """InputError unless a prompt of this many tokens leaves room in this engine's context."""
         check_prompt_fits(prompt_tokens, self.max_seq_len, self.config.max_position_embeddings)
 
-    @torch.inference_mode()
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
-        """Yield generated token ids (the eos that stops generation is not yielded)."""
-        if not prompt_ids:
-            raise InputError("the prompt is empty; give at least one token")
-        self.check_prompt(len(prompt_ids))
+        """Yield generated token ids (the eos that stops generation is not yielded). Stopping early (closing
+        the generator) aborts the request and frees its blocks."""
+        rid = f"gen-{next(self._ids)}"
+        req = self.core.add_request(rid, prompt_ids, params)
         stats = self.last_stats = GenerationStats(prompt_tokens=len(prompt_ids))
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator().manual_seed(params.seed)
-        blocks: list[int] = []
+        t0 = time.perf_counter()
+        t_first = None
         try:
-            t0 = time.perf_counter()
-            logits = self._step(list(prompt_ids), 0, blocks)
-            stats.prefill_seconds = time.perf_counter() - t0
-            length = len(prompt_ids)
-            t0 = time.perf_counter()
-            while True:
-                token = sample(logits, params, generator)
-                if token in self.eos_token_ids:
-                    stats.stop_reason = "eos"
-                    break
-                stats.decode_tokens += 1
-                yield token
-                if stats.decode_tokens >= params.max_new_tokens:
-                    stats.stop_reason = "length"
-                    break
-                if length + 1 >= self.max_seq_len:  # the sequence now fills the context
-                    stats.stop_reason = "context"
-                    break
-                logits = self._step([token], length, blocks)
-                stats.decode_steps += 1
-                length += 1
-            stats.decode_seconds = time.perf_counter() - t0
+            while not req.finished:
+                for out in self.core.step():
+                    if out.request_id != rid:
+                        continue
+                    if t_first is None:
+                        t_first = time.perf_counter()
+                        stats.prefill_seconds = t_first - t0
+                    else:
+                        stats.decode_steps += 1
+                    for token in out.new_token_ids:
+                        stats.decode_tokens += 1
+                        yield token
+            stats.stop_reason = req.stop_reason
+            stats.decode_seconds = time.perf_counter() - (t_first if t_first is not None else t0)
         finally:
-            self.allocator.free(blocks)
+            self.core.abort_request(rid)  # a no-op once finished
+
+    def generate_all(self, prompts: Sequence[list[int]], params: Sequence[SamplingParams]) -> list[RequestOutput]:
+        """Every prompt submitted at once; steps until all are done. One final RequestOutput per prompt, in
+        order, with all its tokens (new_token_ids) and logprobs; `stats[i]` holds prompt i's timing."""
+        if len(prompts) != len(params):
+            raise ValueError("one SamplingParams per prompt")
+        for ids in prompts:
+            if not ids:
+                raise InputError("a prompt is empty; give at least one token")
+            self.check_prompt(len(ids))
+        base = next(self._ids)
+        rids = [f"batch-{base}-{i}" for i in range(len(prompts))]
+        reqs = []
+        t0 = time.perf_counter()
+        try:
+            for rid, ids, p in zip(rids, prompts, params):
+                reqs.append(self.core.add_request(rid, ids, p))
+            stats = {rid: GenerationStats(prompt_tokens=len(ids)) for rid, ids in zip(rids, prompts)}
+            first: dict[str, float] = {}
+            while any(not r.finished for r in reqs):
+                for out in self.core.step():
+                    st = stats.get(out.request_id)
+                    if st is None:
+                        continue
+                    now = time.perf_counter()
+                    if out.request_id not in first:
+                        first[out.request_id] = now
+                        st.prefill_seconds = now - t0
+                    else:
+                        st.decode_steps += 1
+                    st.decode_tokens += len(out.new_token_ids)
+                    if out.finished:
+                        st.decode_seconds = now - first[out.request_id]
+                        st.stop_reason = out.stop_reason
+        finally:
+            for rid in rids:
+                self.core.abort_request(rid)
+        self.stats = [stats[rid] for rid in rids]
+        return [RequestOutput(r.request_id, list(r.output_ids), list(r.output_logprobs) if r.params.logprobs
+                              is not None else None, True, r.stop_reason, len(r.prompt_ids), len(r.output_ids),
+                              r.num_cached_tokens) for r in reqs]

@@ -120,11 +120,9 @@ class LLM:
             if not ids:
                 raise InputError("a prompt is empty; give at least one token")
             self.engine.check_prompt(len(ids))
-        results = []
-        for prompt, ids in zip(batch, encoded):
-            tokens = list(self.engine.generate(ids, params))
-            results.append(GenerationResult(prompt, self.tokenizer.decode(tokens), tokens, self.engine.last_stats))
-        return results
+        outs = self.engine.generate_all(encoded, [params] * len(encoded))  # all at once: continuous batching
+        return [GenerationResult(prompt, self.tokenizer.decode(out.new_token_ids), out.new_token_ids, stats)
+                for prompt, out, stats in zip(batch, outs, self.engine.stats)]
 
     @torch.inference_mode()
     def logits(self, token_ids: Union[Sequence[int], torch.Tensor]) -> torch.Tensor:
@@ -134,14 +132,14 @@ class LLM:
 
         ids = _check_token_ids(token_ids, self.config.vocab_size, self.max_seq_len)
         engine = self.engine
-        blocks = engine.allocator.allocate(-(-len(ids) // engine.page_size))
+        blocks = engine.blocks.allocate(engine.blocks.blocks_for(len(ids)))
         try:
             batch = Batch.build(new_lens=[len(ids)], context_lens=[0], block_tables=[blocks],
                                 page_size=engine.page_size, device=engine.device)
             ids = torch.tensor(ids, dtype=torch.long, device=engine.device)
             return self.model(ids, batch, engine.cache).float().cpu()
         finally:
-            engine.allocator.free(blocks)
+            engine.blocks.free(blocks)
 
 
 def _check_token_ids(token_ids, vocab_size: int, max_seq_len: int) -> list[int]:
