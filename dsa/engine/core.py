@@ -72,12 +72,9 @@ class EngineCore:
     def check_prompt(self, prompt_tokens: int) -> None:
         check_prompt_fits(prompt_tokens, self.max_seq_len, self.config.max_position_embeddings)
 
-    def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
-                    arrival_time: Optional[float] = None) -> Request:
-        """Queue a request; InputError (nothing queued) for an empty, out-of-vocabulary or too long prompt
-        or an id in use."""
-        if request_id in self.requests:
-            raise InputError(f"request id {request_id!r} is already in use")
+    def check_request(self, prompt_ids: Sequence[int]) -> list[int]:
+        """InputError for an empty, out-of-vocabulary or too long prompt; reads nothing but the config, so
+        any thread may call it (the server checks a request before queueing it)."""
         ids = list(prompt_ids)
         if not ids:
             raise InputError("the prompt is empty; give at least one token")
@@ -86,6 +83,14 @@ class EngineCore:
         if bad is not None:
             raise InputError(f"prompt token ids must be integers in [0, {vocab}), got {bad!r}")
         self.check_prompt(len(ids))
+        return ids
+
+    def add_request(self, request_id: str, prompt_ids: Sequence[int], params: SamplingParams,
+                    arrival_time: Optional[float] = None) -> Request:
+        """Queue a request; InputError (nothing queued) for a bad prompt (check_request) or an id in use."""
+        if request_id in self.requests:
+            raise InputError(f"request id {request_id!r} is already in use")
+        ids = self.check_request(prompt_ids)
         req = Request(request_id, ids, params, **({} if arrival_time is None else {"arrival_time": arrival_time}))
         self.requests[request_id] = req
         self.scheduler.add(req)
