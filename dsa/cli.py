@@ -46,6 +46,18 @@ _ENGINE_FLAG_OPTIONS = {
     "ep": dict(type=int, metavar="N", help="expert-parallel degree (default: the profile's)"),
     "dp_attention": dict(type=int, metavar="N", help="DP-attention degree (default: the profile's)"),
     "nodes": dict(type=int, metavar="N", help="number of nodes (default: the profile's)"),
+    "max_num_seqs": dict(type=int, metavar="N", help="requests scheduled in one step at most (default 256)"),
+    "max_num_batched_tokens": dict(type=int, metavar="N",
+                                   help="tokens computed in one step at most; longer prompts are chunked "
+                                   "(default 2048)"),
+    "enable_prefix_caching": dict(action=argparse.BooleanOptionalAction, default=None,
+                                  help="reuse the cache blocks of shared prompt prefixes (default: on)"),
+    "enable_chunked_prefill": dict(action=argparse.BooleanOptionalAction, default=None,
+                                   help="split long prompts over steps so decodes keep running (default: on)"),
+    "num_blocks": dict(type=int, metavar="N", help="KV-cache blocks (of --page-size tokens) per DP group "
+                       "(default: from --kv-cache-memory or the plan)"),
+    "kv_cache_memory": dict(type=float, metavar="GIB", help="GiB for the KV + index cache per DP group (default: "
+                            "what the plan leaves after weights; on a CPU host at most 1)"),
 }
 PLAN_FIELDS = ("model", "device", "dtype", "kv_cache_dtype", "weights", "page_size", "tp", "ep", "dp_attention",
                "nodes")

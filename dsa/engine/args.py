@@ -14,6 +14,7 @@ A bad value is an `InputError` naming the field and its flag, raised before any 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Optional
@@ -44,7 +45,18 @@ FLAGS = {
     "ep": ("--ep", "--expert-parallel-size"),
     "dp_attention": ("--dp", "--data-parallel-size"),
     "nodes": ("--nodes",),
+    "max_num_seqs": ("--max-num-seqs",),
+    "max_num_batched_tokens": ("--max-num-batched-tokens",),
+    "enable_prefix_caching": ("--enable-prefix-caching",),
+    "enable_chunked_prefill": ("--enable-chunked-prefill",),
+    "num_blocks": ("--num-blocks", "--num-gpu-blocks-override"),
+    "kv_cache_memory": ("--kv-cache-memory",),
 }
+# The KV + index cache of a host (platform cpu) run when neither --num-blocks nor --kv-cache-memory is given:
+# at most this many GiB (vLLM's CPU backend defaults to 4 GiB; ours are small models), and never more than
+# max_num_seqs full-context sequences. Accelerators get what the plan leaves after weights and workspace.
+HOST_KV_CACHE_GIB = 1.0
+MAX_KV_CACHE_GIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,10 @@ class EngineArgs:
     = the model's max_position_embeddings). page_size: KV-cache tokens per page (None = the profile's).
     weights_seed: seed of the random weights of config-only models. tp / ep / dp_attention / nodes: the
     parallel layout (None = the profile's).
+    Serving (vLLM's names): max_num_seqs requests and max_num_batched_tokens tokens per step;
+    enable_prefix_caching reuses the cache blocks of shared prompt prefixes; enable_chunked_prefill splits
+    long prompts over steps. The cache: num_blocks blocks of page_size tokens, or kv_cache_memory GiB, or
+    (neither) what the plan leaves (on a host: at most HOST_KV_CACHE_GIB).
     """
 
     model: Optional[str] = None
@@ -72,6 +88,12 @@ class EngineArgs:
     ep: Optional[int] = None
     dp_attention: Optional[int] = None
     nodes: Optional[int] = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    num_blocks: Optional[int] = None
+    kv_cache_memory: Optional[float] = None
 
     def __post_init__(self):
         if self.model is not None:
@@ -99,7 +121,21 @@ class EngineArgs:
         for name in ("tp", "ep", "dp_attention"):
             _integer(name, getattr(self, name), low=1, high=MAX_PARALLEL + 1)
         _integer("nodes", self.nodes, low=1, high=MAX_NODES + 1)
-
+        _integer("max_num_seqs", self.max_num_seqs, low=1, high=(1 << 20) + 1)
+        _integer("max_num_batched_tokens", self.max_num_batched_tokens, low=1, high=(1 << 24) + 1)
+        _integer("num_blocks", self.num_blocks, low=1, high=(1 << 31))
+        for name in ("enable_prefix_caching", "enable_chunked_prefill"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(name, getattr(self, name), "True or False")
+        mem = self.kv_cache_memory
+        if mem is not None and (isinstance(mem, bool) or not isinstance(mem, (int, float)) or not math.isfinite(mem)
+                                or not 0 < mem <= MAX_KV_CACHE_GIB):
+            raise _bad("kv_cache_memory", mem, f"a number of GiB in (0, {MAX_KV_CACHE_GIB}]")
+        if not self.enable_chunked_prefill and self.max_seq_len is not None \
+                and self.max_num_batched_tokens < self.max_seq_len:
+            raise InputError(f"without chunked prefill a prompt runs in one step, so max_num_batched_tokens "
+                             f"({self.max_num_batched_tokens}) must be >= max_seq_len ({self.max_seq_len}); "
+                             "raise --max-num-batched-tokens or keep --enable-chunked-prefill")
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "EngineArgs":
         """Keyword arguments of the Python API; an unknown name is an InputError listing the known ones."""
@@ -191,6 +227,39 @@ class EngineSetup:
                            indexer_fp8=self.args.indexer_fp8, seed=self.args.weights_seed, weights=plan.weights,
                            progress=progress, parallel=groups, device=torch_device(self.profile.platform))
 
+    @property
+    def num_blocks(self) -> int:
+        """Cache blocks per DP group: --num-blocks, else --kv-cache-memory GiB, else the plan's cache (on a host
+        at most HOST_KV_CACHE_GIB and max_num_seqs full contexts). At least one full-context sequence: less is an
+        InputError saying what to change."""
+        args, plan = self.args, self.plan
+        page = plan.page_size
+        per_block = plan.memory.cache_bytes_per_token * page
+        per_seq = -(-self.max_seq_len // page)
+        if args.num_blocks is not None:
+            blocks, source = args.num_blocks, f"--num-blocks {args.num_blocks}"
+        elif args.kv_cache_memory is not None:
+            blocks = int(args.kv_cache_memory * (1 << 30)) // per_block
+            source = f"--kv-cache-memory {args.kv_cache_memory:g} GiB"
+        else:
+            blocks = plan.memory.tokens_per_group // page
+            source = "the memory the plan leaves for the cache"
+            if self.profile.platform == "cpu":
+                blocks = min(blocks, int(HOST_KV_CACHE_GIB * (1 << 30)) // per_block, args.max_num_seqs * per_seq)
+                source += f" (on a host at most {HOST_KV_CACHE_GIB:g} GiB)"
+        if blocks < per_seq:
+            raise InputError(f"the KV cache ({source}) holds {blocks} blocks of {page} tokens, but one sequence of "
+                             f"the context ({self.max_seq_len} tokens) needs {per_seq}; raise --num-blocks or "
+                             "--kv-cache-memory, or lower --max-seq-len")
+        return blocks
+
+    def scheduler_config(self):
+        from dsa.engine.scheduler import SchedulerConfig
+
+        a = self.args
+        return SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
+                               enable_chunked_prefill=a.enable_chunked_prefill)
+
     def make_engine(self, model, eos_token_ids=()):
         """The generation engine over `model` (the graph, or a DP lockstep wrapper of it)."""
         from dsa.engine.engine import Engine
@@ -198,7 +267,8 @@ class EngineSetup:
         plan = self.plan
         return Engine(model, self.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype,
                       dtype=self.dtype, indexer_fp8=self.args.indexer_fp8, max_seq_len=self.max_seq_len,
-                      eos_token_ids=tuple(eos_token_ids))
+                      eos_token_ids=tuple(eos_token_ids), num_blocks=self.num_blocks,
+                      scheduler=self.scheduler_config(), enable_prefix_caching=self.args.enable_prefix_caching)
 
 
 def _where(name: str) -> str:
