@@ -1,0 +1,92 @@
+"""`dsa bench serve` flags and entry: the serving benchmark of dsa.bench.serve against a running server.
+
+    dsa serve --device cpu &                      # the server (the built-in `tiny` model)
+    dsa bench serve --num-prompts 50 --request-rate 4 --max-concurrency 8
+    dsa bench serve --dataset shared-prefix --prefix-len 512 --num-prefix-groups 4 --json serve.json
+
+Exit status: 0 a result, 1 no request completed (the report says why: the first error), 2 a bad flag or a
+server that cannot be reached (one `error: ...` line).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from dsa.bench.serve import DATASETS, DEFAULT_VOCAB_SIZE, BenchServeConfig, check_config
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `dsa bench serve` (names and defaults as in `vllm bench serve` where it has them)."""
+    d = BenchServeConfig()
+    p.add_argument("--base-url", default=d.base_url, metavar="URL",
+                   help=f"the server's root URL (a trailing /v1 is accepted; default {d.base_url})")
+    p.add_argument("--model", help="model name sent with each request (default: the first of GET /v1/models)")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="random: random token ids; shared-prefix: groups of prompts sharing a long prefix")
+    p.add_argument("--num-prompts", type=int, default=d.num_prompts, metavar="N", help="requests to send")
+    p.add_argument("--random-input-len", type=int, default=d.input_len, metavar="N",
+                   help="prompt tokens (shared-prefix: the question after the prefix)")
+    p.add_argument("--random-output-len", type=int, default=d.output_len, metavar="N",
+                   help="output tokens per request (eos is ignored, so exactly this many)")
+    p.add_argument("--random-range-ratio", type=float, default=d.range_ratio, metavar="R",
+                   help="lengths uniform in [len*(1-R), len*(1+R)]; 0 = fixed (default)")
+    p.add_argument("--prefix-len", type=int, default=d.prefix_len, metavar="N", help="shared-prefix: prefix tokens")
+    p.add_argument("--num-prefix-groups", type=int, default=d.num_prefix_groups, metavar="G",
+                   help="shared-prefix: distinct prefixes")
+    p.add_argument("--request-rate", type=float, default=d.request_rate, metavar="R",
+                   help="Poisson arrivals, requests/s; inf (default) sends all at once")
+    p.add_argument("--max-concurrency", type=int, metavar="N", help="requests in flight at most (default: no limit)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the prompts and the arrival times")
+    p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
+    p.add_argument("--timeout", type=float, default=d.timeout, metavar="S", help="seconds per request")
+    p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, metavar="V",
+                   help=f"prompt ids are drawn from [2, V); default {DEFAULT_VOCAB_SIZE}, the built-in tiny model's "
+                        "vocab (set it to your model's vocab_size)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchServeConfig:
+    """The parsed flags as a checked BenchServeConfig (InputError naming the flag for a bad value)."""
+    api_key = args.api_key if args.api_key is not None else os.environ.get("OPENAI_API_KEY") or None
+    config = BenchServeConfig(
+        base_url=args.base_url, model=args.model, dataset=args.dataset, num_prompts=args.num_prompts,
+        input_len=args.random_input_len, output_len=args.random_output_len, range_ratio=args.random_range_ratio,
+        prefix_len=args.prefix_len, num_prefix_groups=args.num_prefix_groups, request_rate=args.request_rate,
+        max_concurrency=args.max_concurrency, seed=args.seed, api_key=api_key, timeout=args.timeout,
+        vocab_size=args.vocab_size)
+    check_config(config)
+    return config
+
+
+def _json_safe(value):
+    """inf / nan -> strings, so the file is standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    """Check the flags and --json, run the benchmark, print the table; 1 when no request completed."""
+    from dsa.bench.command import _check_output
+    from dsa.bench.serve import format_result, run_bench_serve
+
+    config = config_from_args(args)
+    if args.json is not None:
+        _check_output("--json", args.json)
+    result = run_bench_serve(config)
+    print(format_result(result), end="")
+    if not result["completed"]:
+        print(f"error: dsa bench serve completed no request ({result['failed']} failed; first error: "
+              f"{result['first_error']})", file=sys.stderr)
+        return 1
+    if args.json is not None:
+        args.json.expanduser().write_text(json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n")
+    return 0
