@@ -17,8 +17,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from dsa.engine.block_manager import BlockManager
 from dsa.hal import OpSet, registry
-from dsa.model.cache import Batch, BlockAllocator, PagedCache
+from dsa.model.cache import Batch, PagedCache
 from dsa.model.config import ModelConfig
 from dsa.model.transformer import DeepseekV32
 from dsa.model.weights import random_checkpoint
@@ -95,7 +96,7 @@ class Runner:
             config, num_blocks=num_blocks, page_size=page_size, kv_cache_dtype=kv_cache_dtype, dtype=dtype,
             indexer_fp8=indexer_fp8,
         )
-        self.alloc = BlockAllocator(num_blocks)
+        self.alloc = BlockManager(num_blocks, page_size, enable_prefix_caching=False)
         self.page = page_size
         self.blocks: dict[object, list[int]] = {}
         self.lens: dict[object, int] = {}

@@ -17,7 +17,11 @@ import hashlib
 from collections import OrderedDict
 from typing import Optional, Sequence
 
-from dsa.model.cache import OutOfBlocksError
+from dsa.errors import DsaError
+
+
+class OutOfBlocksError(DsaError):
+    """No free cache block is left (the scheduler preempts before it would happen)."""
 
 
 def block_key(parent: Optional[bytes], tokens: Sequence[int]) -> bytes:

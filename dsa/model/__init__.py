@@ -8,17 +8,15 @@ through the HAL (`dsa.hal.OpSet`), never a backend import.
     batch = Batch.build(new_lens=[5], context_lens=[0], block_tables=[[0]], page_size=16)
     logits = model(input_ids, batch, cache)          # [5, vocab] fp32
 """
-from dsa.model.cache import Batch, BlockAllocator, OutOfBlocksError, PagedCache
+from dsa.model.cache import Batch, PagedCache
 from dsa.model.config import ModelConfig
 from dsa.model.transformer import DeepseekV32
 from dsa.model.weights import hf_tensor_specs, random_checkpoint
 
 __all__ = [
     "Batch",
-    "BlockAllocator",
     "DeepseekV32",
     "ModelConfig",
-    "OutOfBlocksError",
     "PagedCache",
     "hf_tensor_specs",
     "random_checkpoint",

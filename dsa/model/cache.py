@@ -1,4 +1,4 @@
-"""Paged caches (MLA latent + indexer keys), the block allocator, and the per-step `Batch`.
+"""Paged caches (MLA latent + indexer keys) and the per-step `Batch` (dsa.engine.block_manager hands out blocks).
 
 Every sequence owns a list of fixed-size pages (blocks); the token at logical position p of sequence
 b lives in block `block_table[b, p // page]`, slot `p % page`. Per layer the cache holds
@@ -19,45 +19,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from dsa.errors import DsaError
 from dsa.hal import kv_format
 from dsa.model.config import ModelConfig
 
 KV_CACHE_DTYPES = ("bf16", "fp8")
-
-
-class OutOfBlocksError(DsaError):
-    """The paged cache has no free block left for a request."""
-
-
-class BlockAllocator:
-    """Hands out cache block ids; a plain free list."""
-
-    def __init__(self, num_blocks: int):
-        self.num_blocks = num_blocks
-        self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out low ids first
-        self._used: set[int] = set()
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise OutOfBlocksError(
-                f"the KV cache needs {n} more block(s) but only {len(self._free)} of {self.num_blocks} are free; "
-                "shorten the request, lower the batch size, or give the cache more memory"
-            )
-        blocks = [self._free.pop() for _ in range(n)]
-        self._used.update(blocks)
-        return blocks
-
-    def free(self, blocks: Sequence[int]) -> None:
-        for b in blocks:
-            if b not in self._used:
-                raise ValueError(f"block {b} is not allocated (double free?)")
-            self._used.remove(b)
-            self._free.append(b)
 
 
 @dataclass(frozen=True)

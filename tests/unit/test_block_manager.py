@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsa.engine.block_manager import BlockManager, block_key
-from dsa.model.cache import OutOfBlocksError
+from dsa.engine.block_manager import BlockManager, OutOfBlocksError, block_key
 
 PAGE = 4
 
