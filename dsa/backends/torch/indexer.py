@@ -51,24 +51,73 @@ def scores(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tenso
     return s.masked_fill_(~visible, float("-inf"))
 
 
+# A batch of many sequences is scored per key window (see windows): merging neighbouring windows into one
+# costs the scores of keys the rows cannot see; while that waste stays below this many multiply-adds (H x D
+# per score, ~0.05 ms on one core) the merge is cheaper than a window's own overhead (a few small launches).
+MERGE_SLACK_MACS = 1 << 21
+
+
 def indexer_topk(
     q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
 ) -> Tensor:
     """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk."""
     check_args(q, weights, k, k_scale, starts, ends, topk)
+    T = q.shape[0]
+    out = torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
+    if T == 0 or topk == 0 or k.shape[0] == 0:
+        return out
+    for t0, t1, lo, hi in windows(starts, ends, macs_per_score=q.shape[1] * q.shape[2]):
+        if hi <= lo:
+            continue
+        kk = min(topk, hi - lo)
+        got = _window_topk(q[t0:t1], weights[t0:t1], k[lo:hi], k_scale[lo:hi], starts[t0:t1] - lo,
+                           ends[t0:t1] - lo, kk)  # [t1 - t0, kk] positions in the window, -1 padded
+        out[t0:t1, :kk] = torch.where(got >= 0, got + lo, got).to(torch.int32)
+    return out
+
+
+def windows(starts: Tensor, ends: Tensor, macs_per_score: int = 1) -> list[tuple[int, int, int, int]]:
+    """Split the query rows into runs (t0, t1) scored against one key window [lo, hi) each.
+
+    The rows of one sequence are consecutive and share `starts` (dsa.model.cache.Batch.visible_range), so a
+    step over many sequences needs each row's own sequence only: scoring every row against the whole packed
+    cache would cost rows x all keys. Neighbouring runs are merged while the merged window's scores exceed
+    what its runs need by less than MERGE_SLACK_MACS (a long prefill is one run; many short decode rows
+    become a few windows)."""
+    st, en = starts.tolist(), ends.tolist()
+    runs: list[list[int]] = []  # [t0, t1, lo, hi]
+    for t, (a, b) in enumerate(zip(st, en)):
+        if runs and runs[-1][2] == a:
+            runs[-1][1], runs[-1][3] = t + 1, max(runs[-1][3], b)
+        else:
+            runs.append([t, t + 1, a, b])
+    slack = MERGE_SLACK_MACS // max(1, macs_per_score)  # in scores
+    merged: list[list[int]] = []  # [t0, t1, lo, hi, scores its runs need]
+    for t0, t1, lo, hi in runs:
+        need = (t1 - t0) * (hi - lo)
+        if merged:
+            m = merged[-1]
+            mlo, mhi = min(m[2], lo), max(m[3], hi)
+            if (t1 - m[0]) * (mhi - mlo) - (m[4] + need) <= slack:
+                m[1], m[2], m[3], m[4] = t1, mlo, mhi, m[4] + need
+                continue
+        merged.append([t0, t1, lo, hi, need])
+    return [(m[0], m[1], m[2], m[3]) for m in merged]
+
+
+def _window_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor,
+                 kk: int) -> Tensor:
+    """indexer_topk's positions over one key window, int64 [T, kk], query chunks within the memory budget."""
     T, H, _ = q.shape
     S = k.shape[0]
-    out = torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
-    kk = min(topk, S)
-    if T == 0 or kk == 0:
-        return out
+    out = torch.empty(T, kk, dtype=torch.int64, device=q.device)
     sizes = chunks.current()
     # default: logits + scores + top-k keys of a chunk within the budget
     chunk = sizes.queries or max(1, sizes.budget_bytes // (4 * H * min(S, sizes.keys) + 16 * S))
     for t0 in range(0, T, chunk):
         t1 = min(T, t0 + chunk)
         sc = scores(q[t0:t1], weights[t0:t1], k, k_scale, starts[t0:t1], ends[t0:t1])  # [Tc, S]
-        out[t0:t1, :kk] = top_positions(sc, kk).to(torch.int32)
+        out[t0:t1] = top_positions(sc, kk)
     return out
 
 

@@ -60,3 +60,31 @@ def test_indexer_topk(provider, name, H, D, kind, lens, topk):
     assert idx.dtype == torch.int32 and idx.shape == (T, topk)
     ref = ref_indexer_scores(q, weights, k, k_scale, starts, ends)
     assert_topk_equivalent(idx, ref, ref_topk_count(starts, ends, topk), tie_tol=TOPK_TIE)
+
+
+def ranges_packed(seqs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal [starts, ends) of the new tokens of sequences (length, new tokens) packed one after the other."""
+    starts, ends, offset = [], [], 0
+    for length, new in seqs:
+        for pos in range(length - new, length):
+            starts.append(offset)
+            ends.append(offset + pos + 1)
+        offset += length
+    return torch.tensor(starts, dtype=torch.int32), torch.tensor(ends, dtype=torch.int32)
+
+
+# A continuous-batching step: decode rows of many sequences, a prefill chunk of a long one in the middle (rows
+# whose neighbours must not be scored against its 1500 keys), short sequences below top-k, a one-token prompt.
+MANY = [(5, 1), (40, 1), (1500, 60), (33, 1), (7, 7), (1, 1), (260, 1), (90, 30), (16, 1)]
+
+
+@pytest.mark.parametrize("kind", ["fp8", torch.float32], ids=["fp8", "fp32"])
+def test_indexer_topk_many_sequences(provider, kind):
+    g = rng(99)
+    starts, ends = ranges_packed(MANY)
+    T, S = starts.shape[0], sum(n for n, _ in MANY)
+    q, weights, k, k_scale = indexer_inputs(T, S, 8, 64, kind, g)
+    idx = call_op("indexer_topk", provider, q, weights, k, k_scale, starts, ends, 32)
+    assert idx.dtype == torch.int32 and idx.shape == (T, 32)
+    ref = ref_indexer_scores(q, weights, k, k_scale, starts, ends)
+    assert_topk_equivalent(idx, ref, ref_topk_count(starts, ends, 32), tie_tol=TOPK_TIE)
