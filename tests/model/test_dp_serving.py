@@ -298,7 +298,7 @@ def test_dp2_serves_like_one_process(ckpt, reference, tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("DSA_TEST_4_RANKS") != "1",
-                    reason="4 processes: set DSA_TEST_4_RANKS=1 (~1 min of CPU)")
+                    reason="4 processes: set DSA_TEST_4_RANKS=1 (~25 s on 2 cores)")
 def test_tp2_dp2_ep4_serves_like_one_process(ckpt, reference, tmp_path):
     results = _run(4, [("tp2-dp2-ep4", (2, 2, 4, False))], ckpt, tmp_path, timeout=300)
     _check_lead(results[0]["tp2-dp2-ep4"], reference, groups=2)
