@@ -12,6 +12,26 @@ from dsa.model.cache import Batch, PagedCache
 from dsa.model.parallel_groups import ParallelGroups
 
 
+class DummyForward:
+    """A one-token forward on a one-block scratch cache: what a rank with nothing to compute runs so that the
+    collectives inside the model (MoE, TP) stay matched with the busy ranks'. Call it like a function."""
+
+    def __init__(self, model: torch.nn.Module, page_size: int):
+        self.model, self.page_size = model, page_size
+        self._scratch = None
+
+    @torch.inference_mode()
+    def __call__(self) -> None:
+        m = self.model
+        device = next(m.parameters()).device
+        if self._scratch is None:
+            self._scratch = PagedCache(m.config, num_blocks=1, page_size=self.page_size,
+                                       kv_cache_dtype=m.kv_cache_dtype, dtype=m.dtype, indexer_fp8=m.indexer_fp8,
+                                       device=device)
+        batch = Batch.build(new_lens=[1], context_lens=[0], block_tables=[[0]], page_size=self.page_size, device=device)
+        m(torch.zeros(1, dtype=torch.long, device=device), batch, self._scratch, last_only=True)
+
+
 class Lockstep:
     """Calls the model like the model, after a vote that keeps every rank's forward passes in step.
 
@@ -20,7 +40,7 @@ class Lockstep:
 
     def __init__(self, model: torch.nn.Module, groups: ParallelGroups, page_size: int):
         self.model, self.groups, self.page_size = model, groups, page_size
-        self._scratch = None
+        self._idle_step = DummyForward(model, page_size)
 
     def __call__(self, *args, **kwargs):
         self._vote(True)
@@ -41,15 +61,5 @@ class Lockstep:
             steps += 1
         return steps
 
-    def _idle_step(self) -> None:
-        m = self.model
-        device = next(m.parameters()).device
-        if self._scratch is None:
-            self._scratch = PagedCache(m.config, num_blocks=1, page_size=self.page_size,
-                                       kv_cache_dtype=m.kv_cache_dtype, dtype=m.dtype, indexer_fp8=m.indexer_fp8,
-                                       device=device)
-        batch = Batch.build(new_lens=[1], context_lens=[0], block_tables=[[0]], page_size=self.page_size, device=device)
-        m(torch.zeros(1, dtype=torch.long, device=device), batch, self._scratch, last_only=True)
 
-
-__all__ = ["Lockstep"]
+__all__ = ["Lockstep", "DummyForward"]

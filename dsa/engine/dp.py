@@ -49,10 +49,10 @@ from typing import Optional, Sequence, Union
 import torch
 
 from dsa.dist.control import ControlPlane
+from dsa.dist.lockstep import DummyForward
 from dsa.engine.request import Request, RequestOutput, Status
 from dsa.engine.sampling import SamplingParams
 from dsa.errors import DsaError, InputError
-from dsa.model.cache import Batch, PagedCache
 from dsa.model.fields import MAX_SEED
 
 
@@ -66,7 +66,7 @@ class LockstepModel:
         self.model, self.page_size = model, page_size
         self.forwards = 0  # the core's forwards
         self.idle_forwards = 0  # the dummy ones
-        self._scratch: Optional[PagedCache] = None
+        self._dummy = DummyForward(model, page_size)
 
     def __call__(self, *args, **kwargs):
         self.forwards += 1
@@ -80,16 +80,8 @@ class LockstepModel:
             raise AttributeError(name)
         return getattr(self.model, name)
 
-    @torch.inference_mode()
     def idle(self) -> None:
-        m = self.model
-        device = next(m.parameters()).device
-        if self._scratch is None:
-            self._scratch = PagedCache(m.config, num_blocks=1, page_size=self.page_size,
-                                       kv_cache_dtype=m.kv_cache_dtype, dtype=m.dtype, indexer_fp8=m.indexer_fp8,
-                                       device=device)
-        batch = Batch.build(new_lens=[1], context_lens=[0], block_tables=[[0]], page_size=self.page_size, device=device)
-        m(torch.zeros(1, dtype=torch.long, device=device), batch, self._scratch, last_only=True)
+        self._dummy()
         self.idle_forwards += 1
 
 
