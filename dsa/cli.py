@@ -1,4 +1,4 @@
-"""`dsa`: run | plan | devices | make-checkpoint | conformance | bench. A thin layer: the flags become an
+"""`dsa`: run | serve | plan | devices | make-checkpoint | conformance | bench. A thin layer: the flags become an
 EngineArgs (dsa.engine.args), which resolves the profile, model and plan and builds the engine.
 
 Exit status: 0 ok, 1 a failure (a conformance case failed, a bench measured nothing), 2 a usage or input
@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, help="start this many local processes (one per rank of the layout); "
                      "multi-node: launch with torchrun instead (README, Multi-device and multi-node)")
 
+    from dsa.server.command import add_arguments as add_serve_arguments
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat, /metrics)")
+    _add_engine_flags(serve)
+    add_serve_arguments(serve)
+
     plan = sub.add_parser("plan", help="memory per device and the smallest layout that fits; providers per op")
     _add_engine_flags(plan, PLAN_FIELDS)
     plan.add_argument("--context", type=int, help="tokens per sequence to hold (default: max_position_embeddings)")
@@ -124,9 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--no-model", dest="model", action="store_false", help="skip the tiny-model rows")
 
     from dsa.bench.command import add_arguments as add_bench_arguments
+    from dsa.bench.serve_command import add_arguments as add_serve_arguments
 
-    add_bench_arguments(sub.add_parser("bench", help="measure speed and memory: sparse vs dense ops, ours vs "
-                                                     "transformers end to end, cache bytes (Markdown, --json)"))
+    bench = sub.add_parser("bench", help="measure speed and memory: sparse vs dense ops, ours vs transformers end to "
+                                         "end and serving, cache bytes (Markdown, --json); `dsa bench serve`: a "
+                                         "serving load test")
+    bench.epilog = ("`dsa bench` alone runs the sections; `dsa bench serve [flags]` is the serving benchmark of a "
+                    "running `dsa serve` (or --in-process: an engine built here), see `dsa bench serve --help`.")
+    add_bench_arguments(bench)
+    bench_sub = bench.add_subparsers(dest="bench_command", required=False, parser_class=_Parser, metavar="serve")
+    serve = bench_sub.add_parser("serve", help="load test: Poisson arrivals of streamed requests against a server "
+                                               "(or --in-process), TTFT / TPOT / ITL / throughput")
+    add_serve_arguments(serve)
+    _add_engine_flags(serve, tuple(n for n in _ENGINE_FLAG_OPTIONS if n not in ("model", "device")))
     return parser
 
 
@@ -362,12 +378,30 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "devices": cmd_devices, "make-chec
 
 
 def cmd_bench(args) -> int:
+    if getattr(args, "bench_command", None) == "serve":
+        from dsa.bench.serve_command import cmd_bench_serve
+
+        words = list(getattr(args, "argv", None) or [])
+        at = words.index("bench") if "bench" in words else -1
+        if 0 <= at < len(words) - 1 and words[at + 1] != "serve":  # `dsa bench --quick serve`: flags of the wrong one
+            raise InputError(f"`dsa bench serve` takes its own flags after `serve`; {words[at + 1]} before it is a "
+                             "flag of the `dsa bench` sections")
+        return cmd_bench_serve(args)
     from dsa.bench.command import cmd_bench as bench
 
     return bench(args)
 
 
 COMMANDS["bench"] = cmd_bench
+
+
+def cmd_serve(args) -> int:
+    from dsa.server.command import cmd_serve as serve
+
+    return serve(args)
+
+
+COMMANDS["serve"] = cmd_serve
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
