@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from dsa.server import errors, prompts, sse
 from dsa.server.engine import EngineHost
 from dsa.server.errors import APIError, bad_request
-from dsa.server.generate import ChoiceRun, collect_all, merged, open_all
+from dsa.server.generate import ChoiceRun, close_all, collect_all, merged, open_all
 from dsa.server.protocol import GenerationRequest, parse_request
 from dsa.server.responses import Responses, new_request_id, usage
 
@@ -117,8 +117,11 @@ async def _generate(request: Request, host: EngineHost, chat: bool):
                     include_usage=req.include_usage)
     prompt_tokens = sum(len(ids) for ids in ids_list)
     if req.stream:
-        return sse.event_stream(_chunks(req, runs, out, prompt_tokens))
-    results = await _unless_disconnected(request, collect_all(runs))
+        return sse.event_stream(_chunks(req, runs, out, prompt_tokens), lambda: close_all(runs))
+    try:
+        results = await _unless_disconnected(request, collect_all(runs))
+    finally:
+        await close_all(runs)
     use = usage(prompt_tokens, sum(r.num_output_tokens for r in results))
     return JSONResponse(out.full(sorted(results, key=lambda r: r.index), use))
 

@@ -77,9 +77,12 @@ class ChoiceRun:
             await self.close()
             raise
 
-    async def close(self) -> None:
-        """Abort the engine request if it still runs (a no-op once it finished)."""
+    async def close(self, reason: Optional[str] = None) -> None:
+        """Abort the engine request if it still runs (a no-op once it finished). `reason`: count it as a
+        finished request with that reason unless it was counted already (a run never read: "abort")."""
         gen, self._gen = self._gen, None
+        if reason is not None:
+            self.tracker.finish(reason)
         if gen is not None:
             await gen.aclose()
 
@@ -153,6 +156,11 @@ async def open_all(runs: Sequence[ChoiceRun]) -> None:
         raise from_dsa_error(err) if isinstance(err, DsaError) else err
 
 
+async def close_all(runs: Sequence[ChoiceRun]) -> None:
+    """However a response ended (a client gone before it started included): no engine request is left running."""
+    await asyncio.gather(*(r.close("abort") for r in runs), return_exceptions=True)
+
+
 async def collect_all(runs: Sequence[ChoiceRun]) -> list[ChoiceResult]:
     async def one(run: ChoiceRun) -> ChoiceResult:
         return run.result([d async for d in run.deltas()])
@@ -199,4 +207,4 @@ async def merged(runs: Sequence[ChoiceRun]) -> AsyncIterator[ChoiceDelta]:
         await asyncio.gather(*(r.close() for r in runs), return_exceptions=True)
 
 
-__all__ = ["ChoiceRun", "ChoiceDelta", "ChoiceResult", "TokenInfo", "open_all", "collect_all", "merged"]
+__all__ = ["ChoiceRun", "ChoiceDelta", "ChoiceResult", "TokenInfo", "open_all", "close_all", "collect_all", "merged"]

@@ -1,15 +1,16 @@
 """Server-sent events as the OpenAI API streams them: `data: {json}\\n\\n` per chunk, then `data: [DONE]\\n\\n`.
 
-    return event_stream(chunks)       # chunks: an async iterator of dicts; a StreamingResponse
+    return event_stream(chunks, on_close)   # chunks: an async iterator of dicts; a StreamingResponse
 
 An error after the response has started (the engine failing mid-stream) becomes one last event
-`data: {"error": {...}}` before `[DONE]`. The iterator is closed however the response ends (a client that
-disconnects included), which aborts the engine requests behind it.
+`data: {"error": {...}}` before `[DONE]`. However the response ends (a client that disconnects, even before
+the first byte, included), the iterator is closed and `on_close()` awaited: that aborts the engine requests
+behind it.
 """
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from dsa.errors import DsaError
 from dsa.server.errors import APIError, from_dsa_error
@@ -33,14 +34,20 @@ async def _frames(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
     yield DONE
 
 
-def event_stream(chunks: AsyncIterator[dict]):
+def event_stream(chunks: AsyncIterator[dict], on_close: Callable[[], Awaitable[None]]):
     from starlette.background import BackgroundTask
     from starlette.responses import StreamingResponse
 
     frames = _frames(chunks)
-    # background: runs however the response ended (also after a disconnect cancelled the stream)
+
+    async def cleanup() -> None:  # a background task runs however the response ended (a disconnect too)
+        try:
+            await frames.aclose()
+        finally:
+            await on_close()
+
     return StreamingResponse(frames, media_type="text/event-stream", headers=HEADERS,
-                             background=BackgroundTask(frames.aclose))
+                             background=BackgroundTask(cleanup))
 
 
 __all__ = ["event", "event_stream", "DONE"]

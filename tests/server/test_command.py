@@ -68,3 +68,16 @@ def test_port_in_use_names_the_port(capsys, weights_never_load):
         taken.listen(1)
         port = taken.getsockname()[1]
         check(capsys, SERVE + ["--port", str(port)], [str(port), "already in use", "--port"])
+
+
+def test_a_failure_while_loading_is_one_error_line(capsys, monkeypatch):
+    """The port is bound and the model loads in the background; a load error still ends the command the usual
+    way (the server stops, exit 2, the error's one line)."""
+    from dsa.engine.args import EngineSetup
+    from dsa.errors import CheckpointError
+
+    def corrupt(self, *a, **k):
+        raise CheckpointError("model-00002-of-00003.safetensors is truncated; re-download it")
+
+    monkeypatch.setattr(EngineSetup, "build_model", corrupt)
+    check(capsys, SERVE + ["--port", "0", "--uvicorn-log-level", "warning"], ["truncated", "re-download"])

@@ -252,3 +252,28 @@ def test_health_is_503_while_loading_then_200(setup, model):
     finally:
         release.set()
         running.stop()
+
+
+def test_client_gone_before_the_first_token_aborts_its_request(setup, model):
+    """A client that leaves while its request waits in a blocked engine: once the engine moves, the request is
+    aborted (not run to max_tokens), streamed or not."""
+    cores = []
+    running = start_server(setup, model, wrap=lambda c: cores.append(Gated(c)) or cores[-1])
+    try:
+        gated = cores[0]
+        aborts = 'dsa_request_success_total{finished_reason="abort"}'
+        before = running.metric(aborts)
+        for stream in (True, False):
+            gated.gate.clear()
+            gated.entered.clear()
+            body = {"prompt": "gone", "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": stream}
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(running.url + "/v1/completions", json=body, timeout=0.5)
+            assert gated.entered.wait(10)
+            gated.gate.set()
+            running.wait_idle()
+        assert running.metric(aborts) == before + 2
+        assert running.metric("dsa_generation_tokens_total") < 20  # neither ran to its 200 tokens
+    finally:
+        cores[0].gate.set()
+        running.stop()
