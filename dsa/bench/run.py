@@ -16,8 +16,12 @@ from typing import Optional
 from dsa.bench.common import fmt_bytes, fmt_ratio, fmt_time, fmt_tokens, load_average, machine, md_table
 
 SCHEMA = "dsa-bench/1"
-SECTIONS = ("ops", "e2e", "cache")
+SECTIONS = ("ops", "e2e", "cache", "serving")
 DECODE_TARGET, E2E_TARGET, CACHE_TARGET = 10.0, 3.0, 0.05
+# serving (issue 13): output tok/s over transformers at 64 x 256 and 16 x 4096 prompts; concurrency 1 against the
+# single-sequence path (within SINGLE_TOLERANCE, the timing noise of two runs of one code path); chunked prefill's
+# p99 / median ITL of running decodes while an 8K prompt is prefilled
+SERVING_SHORT_TARGET, SERVING_LONG_TARGET, SINGLE_TOLERANCE, ITL_TARGET = 1.5, 4.0, 0.95, 3.0
 
 
 @dataclasses.dataclass
@@ -36,12 +40,30 @@ class Settings:
     providers: Optional[list[str]] = None
     e2e_rss: bool = True
     device_profile: str = "cpu"
+    serving_prompt_len: int = 256
+    serving_concurrency: list[int] = dataclasses.field(default_factory=lambda: [1, 4, 16, 64])
+    serving_long_prompt_len: int = 4096
+    serving_long_concurrency: list[int] = dataclasses.field(default_factory=lambda: [1, 4, 16])
+    serving_output_len: int = 32
+    serving_reps: int = 3
+    serving_threads: int = 0  # 0 = threads
+    serving_batched_tokens: int = 2048
+    serving_prefill_len: int = 8192
+    serving_prefill_decodes: int = 16
+    serving_chunk_tokens: int = 512
+    serving_hf_memory: float = 2.0
 
 
 FULL = dict(decode_contexts=[1024, 4096, 16384, 65536], prefill_tokens=[1024, 2048, 4096, 8192, 16384],
-            prefill_rows=64, reps=5, e2e_contexts=[512, 2048, 8192, 16384], e2e_steps=32, e2e_reps=3)
+            prefill_rows=64, reps=5, e2e_contexts=[512, 2048, 8192, 16384], e2e_steps=32, e2e_reps=3,
+            serving_prompt_len=256, serving_concurrency=[1, 4, 16, 64], serving_long_prompt_len=4096,
+            serving_long_concurrency=[1, 4, 16], serving_output_len=32, serving_reps=3, serving_prefill_len=8192,
+            serving_prefill_decodes=16, serving_chunk_tokens=512)
 QUICK = dict(decode_contexts=[1024, 4096, 16384], prefill_tokens=[1024, 4096], prefill_rows=16, reps=3,
-             e2e_contexts=[256, 1024], e2e_steps=8, e2e_reps=2)
+             e2e_contexts=[256, 1024], e2e_steps=8, e2e_reps=2,
+             serving_prompt_len=64, serving_concurrency=[1, 4], serving_long_prompt_len=512,
+             serving_long_concurrency=[1, 2], serving_output_len=8, serving_reps=2, serving_prefill_len=1024,
+             serving_prefill_decodes=4, serving_chunk_tokens=128)
 
 
 def settings(quick: bool, **overrides) -> Settings:
@@ -83,6 +105,18 @@ def run(s: Settings, quick: bool = False, command: str = "dsa bench", log=_log) 
                                 device_profile=s.device_profile, rss=s.e2e_rss, log=log)
         torch.set_num_threads(threads)
         result["e2e"]["load_after"] = load_average()
+    if "serving" in s.sections:
+        from dsa.bench import serving
+
+        log("[bench] serving, tiny checkpoint: continuous batching vs transformers' static batches")
+        result["serving"] = serving.run(
+            s.serving_prompt_len, s.serving_concurrency, s.serving_long_prompt_len, s.serving_long_concurrency,
+            s.serving_output_len, s.serving_reps, s.serving_threads or threads, batched_tokens=s.serving_batched_tokens,
+            prefill_len=s.serving_prefill_len, prefill_decodes=s.serving_prefill_decodes,
+            chunk_tokens=s.serving_chunk_tokens, hf_memory_gib=s.serving_hf_memory, dtype=s.dtype,
+            device_profile=s.device_profile, log=log)
+        torch.set_num_threads(threads)
+        result["serving"]["load_after"] = load_average()
     result["targets"] = targets(result)
     result["machine"]["load_end"] = load_average()
     result["elapsed_s"] = time.perf_counter() - t0
@@ -112,6 +146,44 @@ def targets(result: dict) -> list[dict]:
         out.append({"name": f"{r['kv_cache_dtype']} cache bytes per token per layer within 5% of docs/model-and-ops.md "
                             f"({r['theory_bytes']} B)", "measured_at": None, "value": r["relative_error"],
                     "target": CACHE_TARGET, "at_target_size": True, "met": bool(r["within_tolerance"])})
+    out += _serving_targets(result.get("serving", {}))
+    return out
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and x == x and abs(x) != float("inf")
+
+
+def _serving_targets(sv: dict) -> list[dict]:
+    out = []
+    rows = sv.get("rows", [])
+    for plen, want_n, want_len, goal in ((sv.get("prompt_len"), 64, 256, SERVING_SHORT_TARGET),
+                                         (sv.get("long_prompt_len"), 16, 4096, SERVING_LONG_TARGET)):
+        here = [r for r in rows if r["prompt_len"] == plen and _finite(r.get("ours_over_transformers"))]
+        if not here:
+            continue
+        r = max(here, key=lambda r: r["concurrency"])
+        out.append({"name": f"serving: {want_n} concurrent {want_len}-token prompts >= {goal:g}x transformers' "
+                            "output tok/s (tiny model)", "measured_at": r["concurrency"],
+                    "where": f"{r['concurrency']} x {fmt_tokens(r['prompt_len'])}",
+                    "value": r["ours_over_transformers"],
+                    "target": goal, "at_target_size": r["concurrency"] == want_n and r["prompt_len"] == want_len,
+                    "met": bool(r["ours_over_transformers"] >= goal)})
+    for r in rows:
+        if r["concurrency"] == 1 and _finite(r.get("ours_over_single")):
+            out.append({"name": f"serving: concurrency 1 ({fmt_tokens(r['prompt_len'])}-token prompt) no slower than "
+                                f"the single-sequence path (>= {SINGLE_TOLERANCE:g}x: timing noise)",
+                        "measured_at": 1, "where": f"1 x {fmt_tokens(r['prompt_len'])}",
+                        "value": r["ours_over_single"], "target": SINGLE_TOLERANCE, "at_target_size": True,
+                        "met": bool(r["ours_over_single"] >= SINGLE_TOLERANCE)})
+    for r in sv.get("chunked", []):
+        if r["chunked_prefill"] and _finite(r.get("p99_over_median")):
+            out.append({"name": f"serving: chunked prefill, p99 ITL of running decodes < {ITL_TARGET:g}x their median "
+                                "while an 8K prompt is prefilled", "measured_at": r["prefill_len"],
+                        "where": f"{fmt_tokens(r['prefill_len'])}-token prompt, {r['decodes']} decodes, "
+                                 f"{r['max_num_batched_tokens']} tokens/step",
+                        "value": r["p99_over_median"], "target": ITL_TARGET, "at_target_size": r["prefill_len"] == 8192,
+                        "met": bool(r["p99_over_median"] < ITL_TARGET)})
     return out
 
 
@@ -138,11 +210,14 @@ def render(result: dict) -> str:
         parts += _render_e2e(result["e2e"])
     if "cache" in result:
         parts += _render_cache(result["cache"])
+    if "serving" in result:
+        parts += _render_serving(result["serving"])
     if result.get("targets"):
         parts += ["## Targets (shown, not asserted)", ""]
         rows = []
         for t in result["targets"]:
-            at = "" if t["measured_at"] is None else f" (measured at {fmt_tokens(t['measured_at'])}" + \
+            where = t.get("where") or (None if t["measured_at"] is None else fmt_tokens(t["measured_at"]))
+            at = "" if where is None else f" (measured at {where}" + \
                 ("" if t["at_target_size"] else ", below the target size") + ")"
             value = f"{t['value'] * 100:+.2f}%" if t["measured_at"] is None else f"{t['value']:.2f}x"
             rows.append([t["name"], value + at, "yes" if t["met"] else "no"])
@@ -252,6 +327,72 @@ def _render_cache(c: dict) -> list[str]:
              "yes" if r["within_tolerance"] else "no"] for r in c["rows"]]
     out += [md_table(["kv cache", "latent B", "index B", "total B", "docs B", "planner B", "difference", "within 5%"],
                      rows), ""]
+    return out
+
+
+def _ms(x) -> str:
+    return "-" if x is None or x != x else (f"{x * 1e3:.1f} ms" if x < 1 else f"{x:.2f} s")
+
+
+def _render_serving(sv: dict) -> list[str]:
+    out = ["## 4. Serving: continuous batching vs static batches (tiny checkpoint)", ""]
+    if sv.get("skipped"):
+        return out + [f"Skipped: {sv['skipped']}.", ""]
+    c = sv["config"]
+    out += [
+        f"The e2e section's checkpoint recipe (tiny config, {c['num_hidden_layers']} layers, hidden "
+        f"{c['hidden_size']}, top-k {c['index_topk']}, seeded bf16 weights), both engines computing in {sv['dtype']} "
+        f"with {sv['threads']} thread(s), greedy, exactly {sv['output_len']} output tokens per prompt (eos ignored). "
+        "Per point: N prompts of L random token ids; ours submits all N at once (`Engine.generate_all`: continuous "
+        f"batching, chunked prefill at {sv['max_num_batched_tokens']} tokens per step, prefix cache on), transformers "
+        "runs them as a left-padded static batch (`generate`); at concurrency 1 also our single-sequence path "
+        f"(`Engine.generate`). Output tok/s = N x {sv['output_len']} / wall time of the batch, median of "
+        f"{sv['reps']} interleaved repetitions, each on fresh prompts (the same for every engine). TTFT / TPOT: "
+        "ours, per request (median of the repetitions' median / p99).",
+        "",
+    ]
+    for name, desc in sv.get("engines", {}).items():
+        out += [f"- {name}: {desc}"]
+    if sv.get("transformers_skipped"):
+        out += [f"- transformers: not measured ({sv['transformers_skipped']})"]
+    out += [""]
+    big = [r for r in sv["rows"] if r.get("transformers", {}).get("batches", [1])[0] > 1]
+    if big:
+        out += [f"transformers' indexer broadcasts its keys to [batch, L, index_head_dim, L] fp32 when a batch holds "
+                f"more than one sequence; a batch that would need more than {sv['hf_memory_gib']:g} GiB for that copy "
+                "runs as consecutive smaller static batches (column 'transformers batches': count x size).", ""]
+    rows = []
+    for r in sv["rows"]:
+        o, t, one = r["ours"], r.get("transformers"), r.get("single")
+        rows.append([fmt_tokens(r["prompt_len"]), r["concurrency"], f"{o['output_tps']:.1f}",
+                     f"{t['output_tps']:.1f}" if t else "-", fmt_ratio(r.get("ours_over_transformers")) +
+                     ("x" if t else ""), f"{one['output_tps']:.1f}" if one else "-",
+                     (fmt_ratio(r["ours_over_single"]) + "x") if one else "-", _ms(o["ttft_median_s"]),
+                     _ms(o["ttft_p99_s"]), _ms(o["tpot_median_s"]),
+                     " x ".join(map(str, t["batches"])) if t else "-", o["preemptions"]])
+    out += [md_table(["L", "N", "output tok/s ours", "output tok/s transformers", "ours/transformers",
+                      "single-sequence tok/s", "ours/single", "TTFT median", "TTFT p99", "TPOT median",
+                      "transformers batches", "preemptions"], rows), ""]
+    if sv.get("plot"):
+        out += [f"![output tok/s vs concurrency]({sv['plot']})", ""]
+    elif sv.get("plot_error"):
+        out += [f"Plot not written: {sv['plot_error']}.", ""]
+    if sv.get("chunked"):
+        out += ["### Chunked prefill: running decodes while a long prompt is prefilled", "",
+                f"{sv['prefill_decodes']} requests decode (prompts of {sv['prompt_len']} tokens); after "
+                f"{sv['chunked'][0]['baseline_steps']} pure decode steps one {fmt_tokens(sv['prefill_len'])}-token "
+                "prompt arrives. ITL = the gaps between a decode's tokens while that prompt is prefilled "
+                "(submission to its first token; the core stepped directly); 'alone' = the same decodes' median ITL "
+                "just before it arrived. With chunked prefill off the prompt runs in one step and the decodes wait "
+                "for all of it.", ""]
+        rows = [[("on" if r["chunked_prefill"] else "off"), r["max_num_batched_tokens"], fmt_tokens(r["prefill_len"]),
+                 r["decodes"], _ms(r["prefill_s"]), r["window_steps"], _ms(r["itl_alone_median_s"]),
+                 _ms(r["itl_median_s"]), _ms(r["itl_p99_s"]), _ms(r["itl_max_s"]),
+                 fmt_ratio(r["p99_over_median"]) + "x", fmt_ratio(r["max_over_alone"], 1) + "x"]
+                for r in sv["chunked"]]
+        out += [md_table(["chunked prefill", "max-num-batched-tokens", "long prompt", "decodes", "prefill time",
+                          "steps", "ITL alone (median)", "ITL median", "ITL p99", "ITL max", "p99/median",
+                          "max/alone"], rows), ""]
     return out
 
 

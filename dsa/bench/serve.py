@@ -578,7 +578,8 @@ def run_bench_serve(config: BenchServeConfig, engine: Optional[AsyncEngineLike] 
 # ---- plot -------------------------------------------------------------------------------------------
 
 
-def plot_throughput(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_throughput(rows: Sequence[Mapping[str, Any]], path: str | Path,
+                    title: str = "dsa bench serve: output throughput vs concurrency") -> Path:
     """Output tok/s against concurrency (log2 axis), one line per engine, one subplot per prompt length; a PNG.
 
     rows: dicts {engine, concurrency, prompt_len, output_tok_s}. matplotlib (the `bench` extra) is imported
@@ -599,12 +600,13 @@ def plot_throughput(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path
             pts = sorted((r["concurrency"], r["output_tok_s"]) for r in here if str(r["engine"]) == engine)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=engine)
         ax.set_xscale("log", base=2)
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("concurrency (requests in flight)")
         ax.set_ylabel("output throughput (tok/s)")
         ax.set_title(f"prompt {plen} tokens")
         ax.grid(True, alpha=0.3)
         ax.legend()
-    fig.suptitle("dsa bench serve: output throughput vs concurrency")
+    fig.suptitle(title)
     out = Path(path)
     fig.savefig(out, format="png", dpi=100)
     return out

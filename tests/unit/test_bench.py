@@ -136,7 +136,10 @@ def test_cache_bytes_match_spec():
 # ---- the command and its JSON -----------------------------------------------------------------------------
 TINY_RUN = ["bench", "--quick", "--decode-contexts", "256", "--prefill-tokens", "128", "--prefill-rows", "2",
             "--reps", "1", "--e2e-contexts", "32", "--e2e-steps", "2", "--e2e-reps", "1", "--threads", "2",
-            "--e2e-threads", "1"]
+            "--e2e-threads", "1", "--serving-prompt-len", "16", "--serving-concurrency", "2",
+            "--serving-long-prompt-len", "32", "--serving-long-concurrency", "1", "--serving-output-len", "2",
+            "--serving-reps", "1", "--serving-prefill-len", "32", "--serving-prefill-decodes", "1",
+            "--serving-chunk-tokens", "8"]  # the serving section: tests/unit/test_bench_serving.py
 
 
 def _check_schema(doc: dict, sections: set[str]) -> None:
@@ -167,6 +170,9 @@ def _check_schema(doc: dict, sections: set[str]) -> None:
         assert row["decode_speedup"] == pytest.approx(row["ours"]["decode_tps"] / row["transformers"]["decode_tps"])
     if "cache" in sections:
         assert [r["kv_cache_dtype"] for r in doc["cache"]["rows"]] == ["bf16", "fp8"]
+    if "serving" in sections:
+        assert [(r["prompt_len"], r["concurrency"]) for r in doc["serving"]["rows"]] == [(16, 2), (32, 1)]
+        assert len(doc["serving"]["chunked"]) == 2
     assert {t["name"].split(" ")[0] for t in doc["targets"]}  # targets present for what was measured
 
 
@@ -177,11 +183,11 @@ def test_bench_quick_subset_writes_json_and_markdown(tmp_path, capsys):
     stdout, err = capsys.readouterr()
     assert code == 0, err
     doc = json.loads(out.read_text())  # strict JSON: no NaN
-    _check_schema(doc, {"ops", "e2e", "cache"})
+    _check_schema(doc, {"ops", "e2e", "cache", "serving"})
     text = md.read_text()
     assert text == stdout
     for heading in ("## 1. Op scaling", "### Decode step", "### Prefill", "## 2. End to end", "## 3. Cache bytes",
-                    "## Targets"):
+                    "## 4. Serving", "## Targets"):
         assert heading in text, heading
     assert render(doc) == text  # the report is a function of the JSON alone
 
