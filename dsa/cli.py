@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--no-model", dest="model", action="store_false", help="skip the tiny-model rows")
 
     from dsa.bench.command import add_arguments as add_bench_arguments
-    from dsa.bench.serve_command import add_arguments as add_serve_arguments
+    from dsa.bench.serve_command import add_arguments as add_bench_serve_arguments
 
     bench = sub.add_parser("bench", help="measure speed and memory: sparse vs dense ops, ours vs transformers end to "
                                          "end and serving, cache bytes (Markdown, --json); `dsa bench serve`: a "
@@ -138,11 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.epilog = ("`dsa bench` alone runs the sections; `dsa bench serve [flags]` is the serving benchmark of a "
                     "running `dsa serve` (or --in-process: an engine built here), see `dsa bench serve --help`.")
     add_bench_arguments(bench)
-    bench_sub = bench.add_subparsers(dest="bench_command", required=False, parser_class=_Parser, metavar="serve")
-    serve = bench_sub.add_parser("serve", help="load test: Poisson arrivals of streamed requests against a server "
-                                               "(or --in-process), TTFT / TPOT / ITL / throughput")
-    add_serve_arguments(serve)
-    _add_engine_flags(serve, tuple(n for n in _ENGINE_FLAG_OPTIONS if n not in ("model", "device")))
+    bench_sub = bench.add_subparsers(dest="bench_command", required=False, parser_class=_Parser, metavar="serve",
+                                     title="subcommand (optional)",
+                                     help="`dsa bench serve ...` runs the serving load test instead of the sections")
+    bench_serve = bench_sub.add_parser(
+        "serve", help="load test: Poisson arrivals of streamed requests against a server (or --in-process), TTFT / "
+                      "TPOT / ITL / throughput",
+        description="The serving benchmark: requests of random token ids, streamed, against a running `dsa serve` "
+                    "(--base-url) or, with --in-process, an engine built here from the engine options below (no "
+                    "server).")
+    add_bench_serve_arguments(bench_serve)
+    engine_group = bench_serve.add_argument_group("engine options (only with --in-process; `dsa serve` takes them "
+                                                  "for a server)")
+    _add_engine_flags(engine_group, tuple(n for n in _ENGINE_FLAG_OPTIONS if n not in ("model", "device")))
     return parser
 
 
