@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -106,12 +107,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn_local(nproc: int, argv: Sequence[str]) -> int:
+def spawn_local(nproc: int, argv: Sequence[str], grace: float = 10.0) -> int:
     """Run `python -m dsa.cli *argv` as ranks 0..nproc-1 on this machine (torchrun's environment,
     rendezvous on 127.0.0.1); rank 0 keeps stdin. If a rank fails, the others are stopped. Returns rank 0's
     status when it failed by itself (it printed its error line), else the first failing rank's (a signal N
     is 128 + N), printing that rank's error line (ranks other than 0 leave it in a file, see dsa.cli); 0
-    when every rank succeeded; 130 when interrupted (rank 0 says so)."""
+    when every rank succeeded.
+
+    Stopping: rank 0 leads. A SIGTERM to this process is passed on to rank 0 alone (a server drains, then
+    tells the other ranks to stop); Ctrl-C in the terminal already reached every rank, so nothing is sent
+    again (a second signal would cut a drain short). Then rank 0 gets `grace` seconds to exit before every
+    rank left is stopped. Returns 0 when a SIGTERM ended a rank 0 that exited cleanly, else 130."""
     import tempfile
 
     port = free_port()
@@ -121,6 +127,7 @@ def spawn_local(nproc: int, argv: Sequence[str]) -> int:
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="dsa-ranks-") as tmp:
         errors = [Path(tmp) / f"rank{rank}.err" for rank in range(nproc)]
+        terminated, restore = _sigterm_as_interrupt()
         try:
             for rank in range(nproc):
                 env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
@@ -139,8 +146,32 @@ def spawn_local(nproc: int, argv: Sequence[str]) -> int:
                     return 0
                 time.sleep(POLL_SECONDS)
         except KeyboardInterrupt:
-            _stop(procs, signal.SIGINT)
-            return 130
+            if terminated and procs and procs[0].poll() is None:
+                procs[0].send_signal(signal.SIGTERM)
+            if procs:
+                try:
+                    procs[0].wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            _stop(procs)
+            return 0 if terminated and procs and procs[0].returncode == 0 else 130
+        finally:
+            restore()
+
+
+def _sigterm_as_interrupt() -> tuple[list, object]:
+    """From now on (main thread only) SIGTERM raises KeyboardInterrupt. Returns the list that holds the
+    signal once one came, and a function that restores the previous handler."""
+    seen: list = []
+    if threading.current_thread() is not threading.main_thread():
+        return seen, lambda: None
+
+    def interrupt(sig, frame):
+        seen.append(sig)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    return seen, lambda: signal.signal(signal.SIGTERM, old)
 
 
 def _status(code: int) -> int:

@@ -76,9 +76,8 @@ def cmd_serve(args) -> int:
         from dsa.server.http import bind_socket
 
         bind_socket(args.host, args.port).close()
-        terminated = _sigterm_interrupts()  # so that the ranks are stopped with us, not left serving
-        code = launch.spawn_local(args.nproc, args.argv)
-        return 0 if terminated and code == 130 else code  # stopped by SIGTERM, as asked: status 0
+        # SIGTERM reaches rank 0, which drains for --shutdown-timeout and then stops the other ranks
+        return launch.spawn_local(args.nproc, args.argv, grace=args.shutdown_timeout + 10)
     groups = launch.init(plan)  # None: one process
     try:
         if groups is None or groups.rank == 0:
@@ -104,21 +103,6 @@ def follow(setup, tokenizer, groups) -> int:
         signal.signal(sig, first)
     serving.run_follower(setup, setup.build_model(groups), tokenizer, groups)
     return 0
-
-
-def _sigterm_interrupts() -> list:
-    """SIGTERM as Ctrl-C for the process that only waits for its --nproc ranks (spawn_local then stops them);
-    the returned list is non-empty once a SIGTERM came."""
-    import signal
-
-    seen: list = []
-
-    def interrupt(sig, frame):
-        seen.append(sig)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    return seen
 
 
 def serve_http(args, setup, tokenizer, groups, num_blocks: int) -> int:
