@@ -133,18 +133,29 @@ def test_sigterm_on_dsa_serve_exits_0_and_ends_the_stream():
     assert "Traceback" not in serve.text and "error:" not in serve.text, serve.text
 
 
-def test_dsa_serve_over_two_ranks_answers_like_one_process_and_stops_on_sigterm(setup, model):
-    body = {"prompt": "two ranks", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+def test_dsa_serve_dp2_answers_like_one_process_and_stops_on_sigterm(setup, model):
+    """DP-attention across requests: `--dp 2 --ep 2 --nproc 2` spreads concurrent requests over two DP groups
+    (each with its own scheduler, the MoE in lockstep) and answers each one as one process does."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [{"prompt": f"two ranks {i} " * (1 + i), "max_tokens": 6 + i, "temperature": 0, "ignore_eos": True}
+              for i in range(6)]
+
+    def answers(url):
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            resps = list(pool.map(lambda b: httpx.post(url + "/v1/completions", json=b, timeout=60), bodies))
+        assert all(r.status_code == 200 for r in resps), [r.text for r in resps]
+        return [r.json()["choices"][0]["text"] for r in resps]
+
     one = start_server(setup, model)
     try:
-        want = httpx.post(one.url + "/v1/completions", json=body, timeout=30).json()["choices"][0]["text"]
+        want = answers(one.url)
     finally:
         one.stop()
-    serve = Serve("--port", "0", "--nproc", "2", "--tp", "2")
+    serve = Serve("--port", "0", "--nproc", "2", "--dp", "2", "--ep", "2")
     try:
         url = serve.wait_ready(90)
-        resp = httpx.post(url + "/v1/completions", json=body, timeout=60)
-        assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == want
+        assert answers(url) == want
         serve.proc.send_signal(signal.SIGTERM)
         assert serve.proc.wait(timeout=30) == 0, serve.text
         with pytest.raises(httpx.ConnectError):  # rank 0 is gone too, not left serving
