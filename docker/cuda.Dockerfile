@@ -61,5 +61,8 @@ RUN pip wheel --no-deps --wheel-dir /tmp/wheels /tmp/src \
 # A neutral working directory: relative paths (`--report out`, the default ./conformance-report) land here.
 WORKDIR /work
 
+# `dsa serve --host 0.0.0.0` (the OpenAI-compatible server) listens here: docker run -p 8000:8000 ...
+EXPOSE 8000
+
 ENTRYPOINT ["dsa"]
 CMD ["--help"]

@@ -32,5 +32,8 @@ RUN pip wheel --no-deps --wheel-dir /tmp/wheels /tmp/src \
 WORKDIR /work
 
 # dsa-npu loads the CANN environment (set_env.sh), then runs `dsa` with the arguments given.
+# `dsa serve --host 0.0.0.0` (the OpenAI-compatible server) listens here: docker run -p 8000:8000 ...
+EXPOSE 8000
+
 ENTRYPOINT ["/usr/local/bin/dsa-npu"]
 CMD ["--help"]
