@@ -347,8 +347,9 @@ def _render_serving(sv: dict) -> list[str]:
         f"batching, chunked prefill at {sv['max_num_batched_tokens']} tokens per step, prefix cache on), transformers "
         "runs them as a left-padded static batch (`generate`); at concurrency 1 also our single-sequence path "
         f"(`Engine.generate`). Output tok/s = N x {sv['output_len']} / wall time of the batch, median of "
-        f"{sv['reps']} interleaved repetitions, each on fresh prompts (the same for every engine). TTFT / TPOT: "
-        "ours, per request (median of the repetitions' median / p99).",
+        f"{sv['reps']} interleaved repetitions, each on fresh prompts (the same for ours and transformers; the "
+        "single-sequence path has its own, so the prefix cache serves none: column 'prefix-cache hits', prompt "
+        "tokens). TTFT / TPOT: ours, per request (median of the repetitions' median / p99).",
         "",
     ]
     for name, desc in sv.get("engines", {}).items():
@@ -369,10 +370,11 @@ def _render_serving(sv: dict) -> list[str]:
                      ("x" if t else ""), f"{one['output_tps']:.1f}" if one else "-",
                      (fmt_ratio(r["ours_over_single"]) + "x") if one else "-", _ms(o["ttft_median_s"]),
                      _ms(o["ttft_p99_s"]), _ms(o["tpot_median_s"]),
-                     " x ".join(map(str, t["batches"])) if t else "-", o["preemptions"]])
+                     " x ".join(map(str, t["batches"])) if t else "-", o["preemptions"],
+                     o.get("cached_tokens", 0) + (one or {}).get("cached_tokens", 0)])
     out += [md_table(["L", "N", "output tok/s ours", "output tok/s transformers", "ours/transformers",
                       "single-sequence tok/s", "ours/single", "TTFT median", "TTFT p99", "TPOT median",
-                      "transformers batches", "preemptions"], rows), ""]
+                      "transformers batches", "preemptions", "prefix-cache hits"], rows), ""]
     if sv.get("plot"):
         out += [f"![output tok/s vs concurrency]({sv['plot']})", ""]
     elif sv.get("plot_error"):

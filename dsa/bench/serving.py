@@ -65,6 +65,7 @@ class _Ours:
     def batch(self, prompts: list[list[int]]) -> dict:
         engine = self.engine
         before = engine.core.scheduler.num_preemptions
+        hits = engine.core.blocks.hits
         outs = engine.generate_all(prompts, [self.params] * len(prompts))
         bad = [len(o.new_token_ids) for o in outs if len(o.new_token_ids) != self.output_len]
         if bad:
@@ -73,14 +74,16 @@ class _Ours:
         tpot = [s.decode_seconds / s.decode_steps for s in engine.stats if s.decode_steps]
         return {"ttft_median": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
                 "tpot_median": percentile(tpot, 50) if tpot else float("nan"),
-                "preemptions": engine.core.scheduler.num_preemptions - before}
+                "preemptions": engine.core.scheduler.num_preemptions - before,
+                "cached_tokens": engine.core.blocks.hits - hits}
 
     def single(self, prompt: list[int]) -> dict:
         engine = self.engine
+        hits = engine.core.blocks.hits
         n = sum(1 for _ in engine.generate(prompt, self.params))
         if n != self.output_len:
             raise RuntimeError(f"our single-sequence path made {n} tokens, not {self.output_len}")
-        return {"ttft": engine.last_stats.prefill_seconds}
+        return {"ttft": engine.last_stats.prefill_seconds, "cached_tokens": engine.core.blocks.hits - hits}
 
 
 class _Transformers:
@@ -123,7 +126,11 @@ class _Transformers:
 
 
 class _Fresh:
-    """Call k of a variant runs on prompt set k (the same k for every variant: the same prompts)."""
+    """Call k of a variant runs on prompt set k of its stream: ours and transformers share one stream (the same
+    prompts), the single-sequence path has its own (it runs on our engine, whose prefix cache would otherwise
+    serve it the prompt our batch call just computed, or the other way round)."""
+
+    STREAMS = {"single": 500}  # seed offset per variant; the others: 0
 
     def __init__(self, n: int, prompt_len: int, output_len: int, vocab: int, seed: int):
         self.n, self.prompt_len, self.output_len, self.vocab, self.seed = n, prompt_len, output_len, vocab, seed
@@ -132,8 +139,8 @@ class _Fresh:
     def prompts(self, variant: str) -> list[list[int]]:
         k = self.calls.get(variant, 0)
         self.calls[variant] = k + 1
-        reqs = random_dataset(self.n, self.prompt_len, self.output_len, self.vocab, seed=self.seed + k)
-        return [p for p, _ in reqs]
+        seed = self.seed + self.STREAMS.get(variant, 0) + k
+        return [p for p, _ in random_dataset(self.n, self.prompt_len, self.output_len, self.vocab, seed=seed)]
 
 
 def _point(ours: _Ours, hf: Optional[_Transformers], L: int, N: int, output_len: int, reps: int, vocab: int,
@@ -155,8 +162,10 @@ def _point(ours: _Ours, hf: Optional[_Transformers], L: int, N: int, output_len:
     o["ttft_p99_s"] = median(times["ours.ttft_p99"])
     o["tpot_median_s"] = median(times["ours.tpot_median"])
     o["preemptions"] = int(sum(times["ours.preemptions"]))
+    o["cached_tokens"] = int(sum(times["ours.cached_tokens"]))  # prefix-cache hits: 0 on fresh prompts
     if "single" in row:
         row["single"]["ttft_s"] = median(times["single.ttft"])
+        row["single"]["cached_tokens"] = int(sum(times["single.cached_tokens"]))
         row["ours_over_single"] = ratio(o["output_tps"], row["single"]["output_tps"])
     if hf is not None:
         size = hf.batch_size(N, L)

@@ -160,6 +160,7 @@ def test_serving_section_micro(tmp_path, capsys):
         assert r["ours"]["ttft_median_s"] > 0 and r["ours"]["tpot_median_s"] > 0
         assert r["transformers"]["batches"] == [1, r["concurrency"]]
         assert ("ours_over_single" in r) == (r["concurrency"] == 1)
+        assert r["ours"]["cached_tokens"] == 0 and r.get("single", {}).get("cached_tokens", 0) == 0  # fresh prompts
     on, off = sv["chunked"]
     assert on["chunked_prefill"] and on["max_num_batched_tokens"] == 16 and on["window_steps"] > 1
     assert not off["chunked_prefill"] and off["window_steps"] == 1
