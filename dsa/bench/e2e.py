@@ -89,7 +89,6 @@ class Ours:
         from dsa.engine.llm import LLM
 
         self.llm = LLM(model=str(checkpoint), device=device_profile, dtype=dtype, weights="bf16", max_seq_len=max_len)
-        self.llm.engine.eos_token_ids = ()  # always run the requested number of steps
         self.vocab = self.llm.config.vocab_size
 
     def describe(self) -> str:
@@ -101,7 +100,7 @@ class Ours:
         from dsa.engine.sampling import SamplingParams
 
         engine = self.llm.engine
-        out = list(engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=steps + 1)))
+        out = list(engine.generate(ids, SamplingParams(temperature=0, max_new_tokens=steps + 1, ignore_eos=True)))
         st = engine.last_stats
         assert len(out) == steps + 1 and st.decode_steps == steps, (len(out), st)
         return {"prefill": st.prefill_seconds, "decode": st.decode_seconds}
