@@ -60,12 +60,31 @@ MERGE_SLACK_MACS = 1 << 21
 def indexer_topk(
     q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
 ) -> Tensor:
-    """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk."""
+    """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk.
+
+    A row that sees at most `topk` keys selects all of them whatever the scores (the contract's result is a
+    set), so it is not scored: in a prompt, the first `topk` positions; in a batch of short sequences, every
+    row. Only the other rows are scored, per key window."""
     check_args(q, weights, k, k_scale, starts, ends, topk)
     T = q.shape[0]
-    out = torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
     if T == 0 or topk == 0 or k.shape[0] == 0:
+        return torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
+    counts = (ends - starts).long()  # [T] keys each row sees
+    slot = torch.arange(topk, device=q.device)
+    out = torch.where(slot < counts[:, None], starts.long()[:, None] + slot, -1).to(torch.int32)  # all visible
+    scored = (counts > topk).nonzero().squeeze(1)  # [R] rows that must choose
+    if scored.numel() == 0:
         return out
+    every = scored.numel() == T
+    rows = (lambda x: x) if every else (lambda x: x.index_select(0, scored))
+    out[scored] = _scored_topk(rows(q), rows(weights), k, k_scale, rows(starts), rows(ends), topk)
+    return out
+
+
+def _scored_topk(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor,
+                 topk: int) -> Tensor:
+    """The top-k of rows that each see more than topk keys, int32 [R, topk], scored per key window."""
+    out = torch.full((q.shape[0], topk), -1, dtype=torch.int32, device=q.device)
     for t0, t1, lo, hi in windows(starts, ends, macs_per_score=q.shape[1] * q.shape[2]):
         if hi <= lo:
             continue
