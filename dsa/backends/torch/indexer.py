@@ -69,9 +69,10 @@ def indexer_topk(
     T = q.shape[0]
     if T == 0 or topk == 0 or k.shape[0] == 0:
         return torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
-    counts = (ends - starts).long()  # [T] keys each row sees
-    slot = torch.arange(topk, device=q.device)
-    out = torch.where(slot < counts[:, None], starts.long()[:, None] + slot, -1).to(torch.int32)  # all visible
+    starts32 = starts.to(torch.int32)
+    counts = ends.to(torch.int32) - starts32  # [T] keys each row sees
+    slot = torch.arange(topk, dtype=torch.int32, device=q.device)
+    out = torch.where(slot < counts[:, None], starts32[:, None] + slot, -1).to(torch.int32)  # all visible
     scored = (counts > topk).nonzero().squeeze(1)  # [R] rows that must choose
     if scored.numel() == 0:
         return out
