@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--no-model", dest="model", action="store_false", help="skip the tiny-model rows")
 
     from dsa.bench.command import add_arguments as add_bench_arguments
+    from dsa.train.command import add_arguments as add_train_arguments
+
+    add_train_arguments(sub.add_parser("train", help="train the built-in model from scratch (the DSA recipe on "
+                                                     "the Python standard library; CPU, under an hour)"))
+
     from dsa.bench.serve_command import add_arguments as add_bench_serve_arguments
 
     bench = sub.add_parser("bench", help="measure speed and memory: sparse vs dense ops, ours vs transformers end to "
@@ -401,6 +406,15 @@ def cmd_bench(args) -> int:
 
 
 COMMANDS["bench"] = cmd_bench
+
+
+def cmd_train(args) -> int:
+    from dsa.train.command import cmd_train as train
+
+    return train(args)
+
+
+COMMANDS["train"] = cmd_train
 
 
 def cmd_serve(args) -> int:

@@ -20,7 +20,7 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from dsa.configs import CONFIG_DIR
 from dsa.errors import ConfigError, DsaError, InputError, OutputDirError
@@ -252,7 +252,31 @@ def _default_permissions(path: Path) -> None:
     os.chmod(path, 0o777 & ~_umask())
 
 
-def _write_into(tmp: Path, raw: dict, config: ModelConfig, *, fp8: bool, seed: int, num_shards: int) -> None:
+def _given_tensors(config: ModelConfig, tensors: dict, fp8: bool) -> dict:
+    """Trained weights (HF names, float) in the checkpoint's layout: fp8 linear weights quantised in 128 x 128
+    blocks with their scales, the rest in the layout's dtype. Names must be exactly the layout's."""
+    from dsa.model.weights import FP8, hf_tensor_specs, quantize_blocks
+
+    specs = hf_tensor_specs(config, fp8)
+    wanted = {n for n in specs if not n.endswith(".weight_scale_inv")}
+    if set(tensors) != wanted:
+        missing, extra = sorted(wanted - set(tensors)), sorted(set(tensors) - wanted)
+        raise ConfigError(f"the tensors do not fit the config's layout: missing {missing[:4]}, unexpected {extra[:4]}")
+    out = {}
+    for name in sorted(wanted):
+        shape, dtype = specs[name]
+        t = tensors[name].detach().float().cpu()
+        if tuple(t.shape) != tuple(shape):
+            raise ConfigError(f"tensor {name} is {list(t.shape)}, the layout says {list(shape)}")
+        if dtype == FP8:
+            out[name], out[name + "_scale_inv"] = quantize_blocks(t)
+        else:
+            out[name] = t.to(dtype)
+    return out
+
+
+def _write_into(tmp: Path, raw: dict, config: ModelConfig, *, fp8: bool, seed: int, num_shards: int,
+                tensors: Optional[dict] = None, tokenizer_dir: Optional[Path] = None) -> None:
     from safetensors.torch import save_file
 
     from dsa.io.tokenizer_writer import write_tokenizer_files
@@ -262,7 +286,7 @@ def _write_into(tmp: Path, raw: dict, config: ModelConfig, *, fp8: bool, seed: i
     if fp8:
         raw["quantization_config"] = dict(QUANTIZATION_CONFIG)
     (tmp / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
-    tensors = random_checkpoint(config, seed, fp8=fp8)
+    tensors = random_checkpoint(config, seed, fp8=fp8) if tensors is None else _given_tensors(config, tensors, fp8)
     plan = shard_plan(config, list(tensors), num_shards)
     weight_map, total = {}, 0
     for shard in range(num_shards):
@@ -274,7 +298,12 @@ def _write_into(tmp: Path, raw: dict, config: ModelConfig, *, fp8: bool, seed: i
             total += t.numel() * t.element_size()
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    write_tokenizer_files(tmp, vocab_size=config.vocab_size, max_length=config.max_position_embeddings)
+    if tokenizer_dir is None:
+        write_tokenizer_files(tmp, vocab_size=config.vocab_size, max_length=config.max_position_embeddings)
+    else:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
     for f in tmp.iterdir():
         os.chmod(f, 0o666 & ~_umask())
 
@@ -289,9 +318,12 @@ def _check_arguments(seed, num_shards) -> None:
 
 
 def write_checkpoint(source: ConfigSource, out_dir: str | Path, *, fp8: bool, seed: int = 0, num_shards: int = 3,
-                     overwrite: bool = False) -> Path:
+                     overwrite: bool = False, tensors: Optional[dict] = None,
+                     tokenizer_dir: Optional[str | Path] = None) -> Path:
     """Write a random-weight checkpoint of `source`'s config into `out_dir` (see the module doc); returns
-    the directory. A non-empty `out_dir` is replaced only with `overwrite`, and only if it holds nothing but
+    the directory. `tensors` (HF names, float): write these trained weights instead (quantised when fp8);
+    `tokenizer_dir`: copy its tokenizer files instead of writing the byte-level ones. A non-empty `out_dir`
+    is replaced only with `overwrite`, and only if it holds nothing but
     the files of a DeepSeek-V3.2 checkpoint. Partial directories that killed writers left are reclaimed."""
     from dsa.io.model_source import ModelSource, check_random_weights_fit
 
@@ -302,7 +334,8 @@ def write_checkpoint(source: ConfigSource, out_dir: str | Path, *, fp8: bool, se
     _check_out_path(out_dir)
     raw = load_config_json(source)
     config = ModelConfig.from_dict(raw, str(source))
-    check_random_weights_fit(ModelSource(out_dir.name, config, None))
+    if tensors is None:
+        check_random_weights_fit(ModelSource(out_dir.name, config, None))
     shard_plan(config, [], num_shards)  # validate the shard count before any work
     _prepare_out_dir(out_dir, overwrite)
     _reclaim_stale(out_dir)
@@ -315,7 +348,8 @@ def write_checkpoint(source: ConfigSource, out_dir: str | Path, *, fp8: bool, se
         except OSError as err:
             raise OutputDirError(f"cannot create {out_dir} ({err.strerror}); choose a writable --out") from None
         try:
-            _write_into(tmp, raw, config, fp8=fp8, seed=seed, num_shards=num_shards)
+            _write_into(tmp, raw, config, fp8=fp8, seed=seed, num_shards=num_shards, tensors=tensors,
+                        tokenizer_dir=tokenizer_dir)
             if out_dir.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-{pid}-", dir=out_dir.parent))
                 out_dir.rename(old / "replaced")  # move aside, so a failed rename below loses nothing

@@ -22,12 +22,14 @@ from dsa.errors import InputError
 from dsa.train.corpus import corpus_pin, read_text
 
 EOS_ID = 1  # dsa.train.tokenizer's <|end_of_text|>, the runtime's eos
-CACHE_FORMAT = "dsa-train-stream-v1"  # part of the key: a change of the stream's layout gets new cache files
+BOS_ID = 0  # <|begin_of_text|> (dsa.train.tokenizer)
+CACHE_FORMAT = "dsa-train-stream-v2"  # part of the key: a change of the stream's layout gets new cache files
 _TENSOR = "ids"
 
 
 def encode_corpus(tokenizer, files: Sequence[Path]) -> torch.Tensor:
-    """The int32 stream of `files` with a `tokenizers.Tokenizer`: each file's ids, then eos. Special-token
+    """The int32 stream of `files` with a `tokenizers.Tokenizer`: per file bos, its ids, eos (the runtime starts
+    every prompt with bos, so the model must have seen it where a text begins). Special-token
     strings inside a file are encoded as the text they are, so the only eos in the stream are the separators."""
     before = tokenizer.encode_special_tokens
     tokenizer.encode_special_tokens = True
@@ -35,7 +37,7 @@ def encode_corpus(tokenizer, files: Sequence[Path]) -> torch.Tensor:
         encodings = tokenizer.encode_batch([read_text(p) for p in files], add_special_tokens=False)
     finally:
         tokenizer.encode_special_tokens = before
-    pieces = [torch.tensor([*e.ids, EOS_ID], dtype=torch.int32) for e in encodings]
+    pieces = [torch.tensor([BOS_ID, *e.ids, EOS_ID], dtype=torch.int32) for e in encodings]
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int32)
 
 

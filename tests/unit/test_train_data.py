@@ -119,8 +119,9 @@ def test_encode_corpus_and_stream_cache(stdlib, tok_dir, tmp_path, monkeypatch):
     stream = encode_corpus(tok, files)
     assert stream.dtype == torch.int32 and stream.dim() == 1
     assert int((stream == 1).sum()) == len(files) and int(stream[-1]) == 1
+    assert int((stream == 0).sum()) == len(files) and int(stream[0]) == 0
     first = tok.encode(read_text(files[0]), add_special_tokens=False).ids
-    assert stream[:len(first) + 1].tolist() == [*first, 1]
+    assert stream[:len(first) + 2].tolist() == [0, *first, 1]  # bos, the file, eos
     cache = tmp_path / "cache"
     assert torch.equal(cached_stream(cache, tok_json, files, stdlib), stream)
     assert len(list(cache.glob("*.safetensors"))) == 1 and not list(cache.glob(".*"))
