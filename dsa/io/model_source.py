@@ -52,9 +52,10 @@ def resolve_model(arg: Optional[str]) -> ModelSource:
             raise DsaError(f"{path} holds {pickled[0]} but no *.safetensors: only safetensors checkpoints are loaded "
                            "(pickled weights can run code); convert them, or download the safetensors release")
         return ModelSource(path.name, config, path if has_weights else None)
-    shipped = CONFIG_DIR / "models" / arg / "config.json"
-    if "/" not in arg and shipped.is_file():
-        return ModelSource(arg, ModelConfig.from_file(shipped), None)
+    shipped = CONFIG_DIR / "models" / arg
+    if "/" not in arg and (shipped / "config.json").is_file():  # a built-in model: a config, or a whole checkpoint
+        weights = shipped if any(shipped.glob("*.safetensors")) else None
+        return ModelSource(arg, ModelConfig.from_file(shipped / "config.json"), weights)
     raise DsaError(
         f"model {arg!r} not found: give a checkpoint directory, a config.json, or a built-in model name "
         f"({', '.join(builtin_models())})"

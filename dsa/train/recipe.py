@@ -178,7 +178,7 @@ def run(config: ModelConfig, recipe: Recipe, sample: Callable[[int, int], torch.
         kl = sum(indexer_kl(aux) for aux in out.aux)
         kl.backward()
         _step(opt_i, index_params, recipe.grad_clip)
-        return float(kl), float(kl)
+        return float(kl.detach()), float(kl.detach())
 
     loop("b-warmup", recipe.warmup_steps, recipe.long_batch, L, warm)
     report["eval"]["after_warmup"] = evaluate(model, heldout)
@@ -198,7 +198,7 @@ def run(config: ModelConfig, recipe: Recipe, sample: Callable[[int, int], torch.
         (lm + kl).backward()  # disjoint: the detach keeps the KL off the model and the LM loss off the indexer
         _step(opt_c, params, recipe.grad_clip)
         _balance(model, out.expert_load, recipe.bias_rate)
-        return float(lm), float(kl)
+        return float(lm.detach()), float(kl.detach())
 
     loop("c-sparse", recipe.sparse_steps, recipe.long_batch, L, sparse)
     report["eval"]["after_sparse"] = evaluate(model, heldout)
