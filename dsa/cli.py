@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_arguments(sub.add_parser("train", help="train the built-in model from scratch (the DSA recipe on "
                                                      "the Python standard library; CPU, under an hour)"))
+    from dsa.train.eval_command import add_arguments as add_eval_arguments
+
+    add_eval_arguments(sub.add_parser("eval", help="quality of sparse vs dense attention on held-out code: perplexity, "
+                                                   "retrieval beyond top-k, indexer recall, greedy agreement"))
 
     from dsa.bench.serve_command import add_arguments as add_bench_serve_arguments
 
@@ -415,6 +419,15 @@ def cmd_train(args) -> int:
 
 
 COMMANDS["train"] = cmd_train
+
+
+def cmd_eval(args) -> int:
+    from dsa.train.eval_command import cmd_eval as evaluate
+
+    return evaluate(args)
+
+
+COMMANDS["eval"] = cmd_eval
 
 
 def cmd_serve(args) -> int:
