@@ -16,6 +16,8 @@ Per context (dsa.train.eval_command runs them and writes the report):
                     held-out file, at least 2 x top-k tokens before the end, where `KEY_1234 = "` comes
                     again; the answer is one token, scored by its rank among `candidates` words (chance
                     1 / candidates) and by greedy exactness (the argmax over the whole vocabulary);
+- copy_probe        a span of held-out code repeated >= 2 x top-k tokens later: next-token accuracy on the
+                    second occurrence vs the first (does the model copy from beyond top-k at all?);
 - indexer_recall    the dense attention mass (summed over heads) on the indexer's top-k, per layer, over
                     rows that see more than top-k keys (dsa.train.graph.TrainGraph, unquantised scores);
 - greedy_agreement  M held-out prompts of context - new_tokens tokens, greedy through each model's engine:
@@ -264,6 +266,46 @@ def retrieval(pair: Pair, held: HeldOut, context: int, n: int, candidates: int, 
         out[f"{mode}_logprob"] = hits[mode]["logprob"] / k
         out[f"only_{mode}_right"] = only[mode]
     out["sparse_minus_dense_points"] = out["sparse_acc_pct"] - out["dense_acc_pct"]
+    out["dense_above_chance"] = above_chance(out["dense_acc_pct"], out["chance_pct"], k)
+    return out
+
+
+def above_chance(acc_pct: float, chance_pct: float, n: int) -> bool:
+    """True when an accuracy over n cases lies more than two binomial standard deviations above chance: only
+    then does a sparse-vs-dense difference of the task say something about the sparse attention."""
+    p = chance_pct / 100
+    return acc_pct > chance_pct + 200 * math.sqrt(p * (1 - p) / max(1, n))
+
+
+COPY_SPAN = 64  # tokens of the repeated span (fewer when the context is short)
+
+
+def copy_probe(pair: Pair, held: HeldOut, context: int, n: int, seed: int) -> Optional[dict]:
+    """In-context copying beyond top-k: a span of held-out code, >= 2 x top-k tokens of other held-out code,
+    the same span again (`context` tokens in all). Top-1 next-token accuracy on the span's second occurrence
+    (which a model that copies predicts from the first) against its first (the model without the copy), dense
+    and sparse. None when the context leaves no room."""
+    span = min(COPY_SPAN, (context - 1 - 2 * pair.topk) // 2)
+    gap = context - 1 - 2 * span
+    if span < 2 or gap < 2 * pair.topk:
+        return None
+    code, rng = _Code(held), random.Random(f"copy-{seed}-{context}")
+    hits = {m: [0, 0] for m in MODES}  # first, second occurrence
+    for _ in range(n):
+        a, g = code.slice(span, rng), code.slice(gap, rng)
+        if a is None or g is None:
+            raise InputError(f"no held-out file holds {max(span, gap)} tokens for the copy probe at context {context}")
+        ids = torch.cat([torch.tensor([BOS_ID]), a, g, a]).long()
+        second = 1 + span + gap
+        for mode in MODES:
+            pred = window_logits(pair.models[mode], pair.engines[mode], ids).argmax(-1)
+            hits[mode][0] += int((pred[1:span] == ids[2:span + 1]).sum())
+            hits[mode][1] += int((pred[second:second + span - 1] == ids[second + 1:second + span]).sum())
+    total = n * (span - 1)
+    out = {"context": context, "cases": n, "span": span, "distance": span + gap}
+    for mode in MODES:
+        out[f"{mode}_first_pct"] = 100 * hits[mode][0] / total
+        out[f"{mode}_second_pct"] = 100 * hits[mode][1] / total
     return out
 
 
@@ -311,4 +353,4 @@ def greedy_agreement(pair: Pair, stream: Tensor, context: int, prompts: int, new
 
 
 __all__ = ["Pair", "HeldOut", "Case", "load_pair", "heldout", "window_logits", "perplexity", "retrieval",
-           "retrieval_cases", "word_pool", "indexer_recall", "greedy_agreement", "MODES"]
+           "retrieval_cases", "word_pool", "above_chance", "copy_probe", "indexer_recall", "greedy_agreement", "MODES"]

@@ -24,6 +24,7 @@ from dsa.errors import InputError
 CONTEXT_MULTIPLES = (1, 4, 8, 16)  # x top-k: the default contexts
 TARGET_MULTIPLES = (8, 16)  # the issue's targets are at 8x and 16x top-k
 PPL_TARGET_PCT, RETRIEVAL_TARGET_POINTS, RECALL_TARGET = 2.0, 2.0, 0.9
+COPY_CASES_PER = 4  # the copy probe runs retrieval cases / 4 spans (each scores ~64 tokens, not one)
 PLOTS = ("eval_perplexity.png", "eval_recall.png")  # next to --markdown
 # (full run, --quick): windows, retrieval cases, candidates, prompts, new tokens, recall windows, held-out files
 SIZES = {"windows": (32, 2), "retrieval_cases": (200, 4), "candidates": (10, 4), "prompts": (16, 2),
@@ -126,7 +127,8 @@ def measure(args, sizes: dict, log) -> dict:
         "heldout": {"files": held.files, "tokens": int(held.stream.numel()), "pinned_corpus": held.pinned},
         "setup": "CPU profile, torch providers, fp32 compute, indexer fp8 (q / k rounded as shipped), latent cache "
                  "bf16; dense = index_topk set to max_position_embeddings (every visible key), same weights",
-        "threads": torch.get_num_threads(), "perplexity": [], "retrieval": [], "recall": [], "agreement": []}
+        "threads": torch.get_num_threads(), "perplexity": [], "retrieval": [], "copy": [], "recall": [],
+        "agreement": []}
     for c in contexts:
         log(f"context {c} ({c / pair.topk:g} x top-k)")
         if sizes["windows"]:
@@ -135,6 +137,9 @@ def measure(args, sizes: dict, log) -> dict:
             r = ev.retrieval(pair, held, c, sizes["retrieval_cases"], sizes["candidates"], args.seed)
             if r is not None:
                 result["retrieval"].append(r)
+            cp = ev.copy_probe(pair, held, c, max(1, sizes["retrieval_cases"] // COPY_CASES_PER), args.seed)
+            if cp is not None:
+                result["copy"].append(cp)
         if sizes["recall_windows"]:
             result["recall"].append(ev.indexer_recall(pair, held.stream, c, sizes["recall_windows"]))
         if sizes["prompts"]:
@@ -149,7 +154,7 @@ def _finite(x: Any) -> bool:
 
 def measured(result: dict) -> bool:
     """True when at least one measurement gave a number (recall rows of contexts <= top-k give none)."""
-    return bool(result["perplexity"] or result["retrieval"] or result["agreement"]
+    return bool(result["perplexity"] or result["retrieval"] or result["copy"] or result["agreement"]
                 or any(r["rows"] for r in result["recall"]))
 
 
@@ -165,11 +170,15 @@ def targets(result: dict, train: Optional[dict]) -> list[dict]:
                      "holds": None if p is None else p["sparse_vs_dense_pct"] <= PPL_TARGET_PCT})
     for m in TARGET_MULTIPLES:
         r = by_ctx["retrieval"].get(m * k)
-        rows.append({"target": f"retrieval beyond top-k: sparse at most {RETRIEVAL_TARGET_POINTS:g} points below "
-                               f"dense at {m}x top-k ({m * k})",
-                     "measured": None if r is None else f"{r['sparse_acc_pct']:.1f}% vs {r['dense_acc_pct']:.1f}% "
-                                                        f"({r['sparse_minus_dense_points']:+.1f} points)",
-                     "holds": None if r is None else r["sparse_minus_dense_points"] >= -RETRIEVAL_TARGET_POINTS})
+        row = {"target": f"retrieval beyond top-k: sparse at most {RETRIEVAL_TARGET_POINTS:g} points below dense at "
+                         f"{m}x top-k ({m * k})",
+               "measured": None if r is None else f"sparse {r['sparse_acc_pct']:.1f}% vs dense "
+                                                  f"{r['dense_acc_pct']:.1f}% ({r['sparse_minus_dense_points']:+.1f} "
+                                                  f"points; chance {r['chance_pct']:.0f}%)",
+               "holds": None if r is None else r["sparse_minus_dense_points"] >= -RETRIEVAL_TARGET_POINTS}
+        if r is not None and not r["dense_above_chance"]:
+            row.update(holds=None, why="not measurable: the dense model is at chance")
+        rows.append(row)
     ev = (train or {}).get("eval", {})
     for stage, what in (("after_warmup", "after the warm-up"), ("after_dense", "before the warm-up"),
                         ("after_sparse", "after sparse training")):
@@ -209,7 +218,7 @@ def render(result: dict, train: Optional[dict], plots: list[str]) -> str:
              f"Command: `{r.get('command', 'dsa eval')}`", "", "## Targets (measured)", ""]
     verdict = {True: "yes", False: "**no**", None: "not measured"}
     lines += _table(["target", "measured", "holds"],
-                    [[t["target"], t["measured"] or "-", verdict[t["holds"]]] for t in r["targets"]])
+                    [[t["target"], t["measured"] or "-", t.get("why") or verdict[t["holds"]]] for t in r["targets"]])
     lines += ["", "## Perplexity", "",
               f"{s['windows']} evenly spaced held-out windows per context, one forward each; scored: the second half "
               "of each window (each scored token sees at least context / 2 tokens); the last column scores every "
@@ -232,6 +241,19 @@ def render(result: dict, train: Optional[dict], plots: list[str]) -> str:
                       f"{q['sparse_minus_dense_points']:+.1f} pt",
                       f"{q['only_dense_right']} / {q['only_sparse_right']}", f"{q['dense_greedy_pct']:.1f}%",
                       f"{q['sparse_greedy_pct']:.1f}%"] for q in r["retrieval"]])
+    lines += ["", "Dense accuracy more than two binomial standard deviations above chance: "
+              + ", ".join(f"{q['context']}: {'yes' if q['dense_above_chance'] else 'no'}" for q in r["retrieval"])
+              + " (only then does sparse vs dense say something about the sparse attention).", ""] \
+        if r["retrieval"] else [""]
+    lines += ["### In-context copying beyond top-k", "",
+              "A span of held-out code, at least 2 x top-k tokens of other held-out code, the same span again: top-1 "
+              "next-token accuracy on the span's second occurrence (a model that copies predicts it from the first) "
+              "and on its first (the same tokens without a copy to read).", ""]
+    lines += _table(["context", "x top-k", "spans", "span", "distance", "dense first", "dense second",
+                     "sparse first", "sparse second"],
+                    [[q["context"], _x(r, q["context"]), q["cases"], q["span"], q["distance"],
+                      *[f"{q[f'{m}_{w}_pct']:.1f}%" for m in ("dense", "sparse") for w in ("first", "second")]]
+                     for q in r["copy"]])
     lines += ["", "## Indexer recall", "",
               "Share of the dense attention mass (summed over heads, per layer) on the indexer's top-k, over the rows "
               f"that see more than {k} keys, in {s['recall_windows']} held-out windows per context "

@@ -58,6 +58,10 @@ def test_quick_measures_everything(quick):
     assert ret["context"] == 8 * TOPK and ret["cases"] == 4 and ret["distance_min"] >= 2 * TOPK
     assert _finite(ret["dense_acc_pct"], ret["sparse_acc_pct"], ret["dense_logprob"], ret["sparse_logprob"])
     assert ret["chance_pct"] == 25.0
+    assert isinstance(ret["dense_above_chance"], bool)
+    (cp,) = result["copy"]
+    assert cp["context"] == 8 * TOPK and cp["distance"] >= 2 * TOPK
+    assert _finite(cp["dense_first_pct"], cp["dense_second_pct"], cp["sparse_first_pct"], cp["sparse_second_pct"])
     short, long_ = result["recall"]
     assert short["rows"] == 0 and long_["rows"] > 0  # no row sees more than top-k keys at context top-k
     assert _finite(long_["recall"], *long_["recall_per_layer"]) and len(long_["recall_per_layer"]) == 2
@@ -79,7 +83,8 @@ def test_dense_equals_sparse_within_top_k(quick):
 def test_report_files(quick):
     _, result, out = quick
     text = (out / "EVAL.md").read_text()
-    for heading in ("## Targets (measured)", "## Perplexity", "## Retrieval", "## Indexer recall",
+    for heading in ("## Targets (measured)", "## Perplexity", "## Retrieval", "### In-context copying",
+                    "## Indexer recall",
                     "## Greedy agreement", "## The recipe's numbers"):
         assert heading in text
     assert (out / "eval_perplexity.png").stat().st_size > 0 and (out / "eval_recall.png").stat().st_size > 0
