@@ -143,14 +143,21 @@ def perplexity(pair: Pair, stream: Tensor, context: int, windows: int) -> dict:
     rows = eval_windows(stream, context, windows)  # [n, context + 1]
     half = context // 2
     sums = {m: {"half": 0.0, "all": 0.0} for m in MODES}
+    gaps = []  # per window: sparse - dense mean NLL of the scored half (the paired difference)
     for w in rows:
+        half_nll = {}
         for mode in MODES:
             nll = _nll(window_logits(pair.models[mode], pair.engines[mode], w[:-1]), w[1:])
+            half_nll[mode] = float(nll[half:].mean())
             sums[mode]["half"] += float(nll[half:].sum())
             sums[mode]["all"] += float(nll.sum())
+        gaps.append(half_nll["sparse"] - half_nll["dense"])
     n_half, n_all = len(rows) * (context - half), len(rows) * context
+    spread = torch.tensor(gaps, dtype=torch.float64).std().item() if len(gaps) > 1 else float("nan")
     out = {"context": context, "windows": len(rows), "scored_tokens": n_half,
-           "scored": f"positions {half}..{context - 1}"}
+           "scored": f"positions {half}..{context - 1}",
+           # standard error of sparse/dense - 1 from the spread of the per-window differences (log ratio ~ ratio - 1)
+           "sparse_vs_dense_se_pct": 100 * spread / math.sqrt(len(gaps))}
     for suffix, key, n in (("", "half", n_half), ("_all_positions", "all", n_all)):
         for mode in MODES:
             out[f"{mode}_ppl{suffix}"] = math.exp(sums[mode][key] / n)

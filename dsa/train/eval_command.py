@@ -27,7 +27,7 @@ PPL_TARGET_PCT, RETRIEVAL_TARGET_POINTS, RECALL_TARGET = 2.0, 2.0, 0.9
 COPY_CASES_PER = 4  # the copy probe runs retrieval cases / 4 spans (each scores ~64 tokens, not one)
 PLOTS = ("eval_perplexity.png", "eval_recall.png")  # next to --markdown
 # (full run, --quick): windows, retrieval cases, candidates, prompts, new tokens, recall windows, held-out files
-SIZES = {"windows": (32, 2), "retrieval_cases": (200, 4), "candidates": (10, 4), "prompts": (16, 2),
+SIZES = {"windows": (64, 2), "retrieval_cases": (200, 4), "candidates": (10, 4), "prompts": (32, 2),
          "new_tokens": (32, 8), "recall_windows": (8, 1), "heldout_files": (None, 3)}
 
 
@@ -35,10 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="trained checkpoint directory (default: the built-in model)")
     p.add_argument("--contexts", type=int, nargs="+", metavar="N",
                    help="contexts in tokens (default: 1, 4, 8 and 16 x the model's index_topk, at most its context)")
-    p.add_argument("--windows", type=int, metavar="N", help="held-out windows per context for the perplexity (32)")
+    p.add_argument("--windows", type=int, metavar="N", help="held-out windows per context for the perplexity (64)")
     p.add_argument("--retrieval-cases", type=int, metavar="N", help="passkey cases per context (200)")
     p.add_argument("--candidates", type=int, metavar="N", help="passkey values to choose from; chance = 1/N (10)")
-    p.add_argument("--prompts", type=int, metavar="N", help="held-out prompts per context for greedy agreement (16)")
+    p.add_argument("--prompts", type=int, metavar="N", help="held-out prompts per context for greedy agreement (32)")
     p.add_argument("--new-tokens", type=int, metavar="N", help="greedy tokens per prompt (32)")
     p.add_argument("--recall-windows", type=int, metavar="N", help="held-out windows per context for the recall (8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the passkey cases (default 0)")
@@ -166,7 +166,8 @@ def targets(result: dict, train: Optional[dict]) -> list[dict]:
     for m in TARGET_MULTIPLES:
         p = by_ctx["perplexity"].get(m * k)
         rows.append({"target": f"sparse perplexity at most {PPL_TARGET_PCT:g}% above dense at {m}x top-k ({m * k})",
-                     "measured": None if p is None else f"{p['sparse_vs_dense_pct']:+.2f}%",
+                     "measured": None if p is None else f"{p['sparse_vs_dense_pct']:+.2f}% (standard error "
+                                                        f"{p['sparse_vs_dense_se_pct']:.2f}%)",
                      "holds": None if p is None else p["sparse_vs_dense_pct"] <= PPL_TARGET_PCT})
     for m in TARGET_MULTIPLES:
         r = by_ctx["retrieval"].get(m * k)
@@ -196,6 +197,27 @@ def targets(result: dict, train: Optional[dict]) -> list[dict]:
     return rows
 
 
+def notes(result: dict) -> list[str]:
+    """What the numbers say that a table does not, from the numbers themselves (each line only when it holds)."""
+    out = []
+    copy = result["copy"]
+    if copy and all(q["dense_second_pct"] - q["dense_first_pct"] < 2 for q in copy):
+        out.append("The dense model does not copy from beyond top-k: a repeated span is predicted no better the second "
+                   "time than the first. Long-range retrieval cannot tell sparse from dense on this model; the "
+                   "passkey accuracies are chance-level for both.")
+    better = [p["context"] for p in result["perplexity"] if p["sparse_vs_dense_pct"] < -0.5]
+    if better:
+        out.append(f"Sparse perplexity is below dense at {', '.join(map(str, better))}: the weights were last trained "
+                   "with the top-k selection on (the recipe's sparse stage), so sparse attention is what they were "
+                   "tuned for last.")
+    rec = [q for q in result["recall"] if q["rows"]]
+    if rec and any(v < RECALL_TARGET for v in rec[-1]["recall_per_layer"]):
+        low = [str(i) for i, v in enumerate(rec[-1]["recall_per_layer"]) if v < RECALL_TARGET]
+        out.append(f"Indexer recall below {RECALL_TARGET:g} at {rec[-1]['context']} in layer(s) {', '.join(low)}; it "
+                   "falls as the context grows (a fixed top-k covers a smaller share of the keys).")
+    return out
+
+
 # ---- the report ----------------------------------------------------------------------------------------
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     cells = [[c if isinstance(c, str) else f"{c:g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
@@ -219,14 +241,19 @@ def render(result: dict, train: Optional[dict], plots: list[str]) -> str:
     verdict = {True: "yes", False: "**no**", None: "not measured"}
     lines += _table(["target", "measured", "holds"],
                     [[t["target"], t["measured"] or "-", t.get("why") or verdict[t["holds"]]] for t in r["targets"]])
+    said = notes(r)
+    if said:
+        lines += ["", *[f"- {n}" for n in said]]
     lines += ["", "## Perplexity", "",
               f"{s['windows']} evenly spaced held-out windows per context, one forward each; scored: the second half "
               "of each window (each scored token sees at least context / 2 tokens); the last column scores every "
-              "position.", ""]
+              "position. Standard error: from the spread of the per-window differences (windows are paired: the same "
+              "text through both).", ""]
     lines += _table(["context", "x top-k", "scored tokens", "dense ppl", "sparse ppl", "sparse/dense - 1",
-                     "same, every position"],
+                     "its standard error", "same, every position"],
                     [[p["context"], _x(r, p["context"]), p["scored_tokens"], f"{p['dense_ppl']:.3f}",
                       f"{p['sparse_ppl']:.3f}", f"{p['sparse_vs_dense_pct']:+.2f}%",
+                      f"{p['sparse_vs_dense_se_pct']:.2f}%" if _finite(p["sparse_vs_dense_se_pct"]) else "-",
                       f"{p['sparse_vs_dense_pct_all_positions']:+.2f}%"] for p in r["perplexity"]])
     lines += ["", "## Retrieval beyond top-k (passkey in held-out code)", "",
               "`KEY_1234 = \"word\"` inserted between two lines of a held-out file, held-out code after it, and "
