@@ -56,7 +56,7 @@ def test_sparse_differs_from_dense_when_topk_is_below_the_length():
 
 def test_gradients_reach_every_parameter_and_detach_keeps_the_indexer_apart():
     model = _model(tiny_config(index_topk=16))
-    params = trainable(model)
+    trainable(model)
     ids = token_ids(model.config, 40, 2)[None]
     out = TrainGraph(model)(ids, mode="sparse", want_aux=True, detach_indexer=True)
     lm = torch.nn.functional.cross_entropy(out.logits[0, :-1], ids[0, 1:])
