@@ -10,7 +10,8 @@ One thread owns the core (it is not thread-safe): it takes new requests and abor
 steps, runs `core.step()` while anything is unfinished, and hands each output to the asyncio queue of its
 request (loop.call_soon_threadsafe). With nothing to do it sleeps on a condition, so an idle server costs
 nothing. `core` may be anything with EngineCore's interface (check_request, add_request, abort_request,
-step, has_unfinished, num_running, num_waiting, kv_usage, blocks): the DP-attention router is one.
+step, has_unfinished, requests, num_running, num_waiting, kv_usage, blocks.queries / .hits,
+scheduler.num_preemptions, num_steps): the DP-attention router is one.
 """
 from __future__ import annotations
 
@@ -175,12 +176,10 @@ class AsyncEngine:
                 self._send(rid, err, last=True)
             return
         _, rid, reason = item
-        req = core.requests.get(rid) if hasattr(core, "requests") else None
+        req = core.requests.get(rid)  # an unfinished request (abort_request is False otherwise)
         if core.abort_request(rid, reason):
-            n_prompt = len(req.prompt_ids) if req is not None else 0
-            n_out = len(req.output_ids) if req is not None else 0
-            self._send(rid, RequestOutput(rid, [], None, True, reason, n_prompt, n_out,
-                                          req.num_cached_tokens if req is not None else 0), last=True)
+            self._send(rid, RequestOutput(rid, [], None, True, reason, len(req.prompt_ids), len(req.output_ids),
+                                          req.num_cached_tokens), last=True)
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         for out in outputs:
@@ -199,8 +198,7 @@ class AsyncEngine:
     def _snapshot(self) -> None:
         core, blocks = self.core, self.core.blocks
         self.stats = EngineStats(core.num_running, core.num_waiting, core.kv_usage, blocks.queries, blocks.hits,
-                                 getattr(core.scheduler, "num_preemptions", 0) if hasattr(core, "scheduler") else 0,
-                                 getattr(core, "num_steps", 0))
+                                 core.scheduler.num_preemptions, core.num_steps)
 
 
 __all__ = ["AsyncEngine", "EngineStats", "QueueFullError", "EngineDeadError", "ShuttingDownError"]

@@ -83,7 +83,7 @@ class Engine:
 
     def check_prompt(self, prompt_tokens: int) -> None:
         """InputError unless a prompt of this many tokens leaves room in this engine's context."""
-        check_prompt_fits(prompt_tokens, self.max_seq_len, self.config.max_position_embeddings)
+        self.core.check_prompt(prompt_tokens)
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
         """Yield generated token ids (the eos that stops generation is not yielded). Stopping early (closing
@@ -116,10 +116,8 @@ class Engine:
         order, with all its tokens (new_token_ids) and logprobs; `stats[i]` holds prompt i's timing."""
         if len(prompts) != len(params):
             raise ValueError("one SamplingParams per prompt")
-        for ids in prompts:
-            if not ids:
-                raise InputError("a prompt is empty; give at least one token")
-            self.check_prompt(len(ids))
+        for ids in prompts:  # every prompt checked before any is queued
+            self.core.check_request(ids)
         base = next(self._ids)
         rids = [f"batch-{base}-{i}" for i in range(len(prompts))]
         reqs = []
