@@ -178,7 +178,7 @@ def run(config: ModelConfig, recipe: Recipe, sample: Callable[[int, int], torch.
         kl = sum(indexer_kl(aux) for aux in out.aux)
         kl.backward()
         _step(opt_i, index_params, recipe.grad_clip)
-        return float(kl.detach()), float(kl.detach())
+        return float(kl.detach()), None  # the stage's loss is the KL (StageLog.loss)
 
     loop("b-warmup", recipe.warmup_steps, recipe.long_batch, L, warm)
     report["eval"]["after_warmup"] = evaluate(model, heldout)
