@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-files", type=int, help="use only the first N corpus files (smoke tests)")
     p.add_argument("--steps", type=float, default=1.0, metavar="SCALE",
                    help="multiply every stage's step count (e.g. 0.01 for a smoke run; default 1)")
+    p.add_argument("--passkey-rate", type=float, default=0.5, metavar="P",
+                   help="share of training windows given a passkey pair (dsa.train.passkeys; default 0.5, 0 = none)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
 
 
@@ -65,14 +67,17 @@ def _tokenizer(work: Path, train_files, vocab_size: int, max_length: int, pin) -
     return out
 
 
-def _sampler(stream: torch.Tensor, seed: int):
+def _sampler(stream: torch.Tensor, seed: int, mix=None):
+    """sample(batch, length) -> [batch, length + 1] random windows of the stream, passed through `mix` (a
+    dsa.train.passkeys.PasskeyMixer) when given."""
     gen = torch.Generator().manual_seed(seed)
 
     def sample(batch: int, length: int) -> torch.Tensor:
         if stream.numel() < length + 2:
             raise InputError(f"the training stream ({stream.numel()} tokens) is shorter than a window of {length}")
         starts = torch.randint(0, stream.numel() - length - 1, (batch,), generator=gen)
-        return stream[starts[:, None] + torch.arange(length + 1)].long()
+        ids = stream[starts[:, None] + torch.arange(length + 1)].long()
+        return mix(ids) if mix is not None else ids
 
     return sample
 
@@ -115,6 +120,8 @@ def cmd_train(args) -> int:
 
     if args.steps <= 0:
         raise InputError(f"--steps must be > 0, got {args.steps}")
+    if not 0.0 <= args.passkey_rate <= 1.0:
+        raise InputError(f"--passkey-rate must lie in [0, 1], got {args.passkey_rate}")
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
@@ -142,7 +149,7 @@ def cmd_train(args) -> int:
     prep = time.perf_counter() - t0
     scale = args.steps
     recipe = dataclasses.replace(
-        Recipe(seed=args.seed), **{k: max(1, round(getattr(Recipe, k) * scale))
+        Recipe(seed=args.seed, passkey_rate=args.passkey_rate), **{k: max(1, round(getattr(Recipe, k) * scale))
                                    for k in ("short_steps", "long_steps", "warmup_steps", "sparse_steps")})
     recipe = dataclasses.replace(recipe, lr_warmup_steps=min(recipe.lr_warmup_steps, recipe.short_steps))
     L = config.max_position_embeddings
@@ -150,7 +157,12 @@ def cmd_train(args) -> int:
     heldout = eval_windows(held_stream, L, n_eval)
     print(f"[dsa] corpus: {len(train_files)} train / {len(held_files)} held-out files, {train_stream.numel():,} / "
           f"{held_stream.numel():,} tokens; tokenizer {tok_dir} ({prep:.0f} s to prepare)", flush=True)
-    model, report = run(config, recipe, _sampler(train_stream, args.seed), heldout, progress=args.progress,
+    from tokenizers import Tokenizer
+
+    from dsa.train.passkeys import PasskeyMixer
+
+    mix = PasskeyMixer(Tokenizer.from_file(str(tok_dir / "tokenizer.json")), recipe.passkey_rate, args.seed)
+    model, report = run(config, recipe, _sampler(train_stream, args.seed, mix), heldout, progress=args.progress,
                         log=lambda s: print(f"[dsa] {s}", flush=True))
     report.update(corpus={"files_train": len(train_files), "files_heldout": len(held_files),
                           "tokens_train": int(train_stream.numel()), "tokens_heldout": int(held_stream.numel()),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -38,10 +37,9 @@ from torch import Tensor
 
 from dsa.errors import InputError
 from dsa.train.data import BOS_ID, EOS_ID, eval_windows
+from dsa.train.passkeys import KEY_RANGE, newline_table, word_pool
 
 MODES = ("dense", "sparse")
-WORD = re.compile(r"[a-z]{3,}")  # the passkey values: one-token lower-case words
-KEY_RANGE = (1000, 10000)  # KEY_<4 digits>
 
 
 @dataclass
@@ -174,24 +172,13 @@ class Case:
     distance: int  # tokens from the answer in the definition to the end of the query
 
 
-def word_pool(tok) -> list[int]:
-    """Token ids that are a lower-case word of >= 3 letters encoding to themselves (the passkey values);
-    every single-letter token when the vocabulary has too few (a byte-level tokenizer)."""
-    pool, letters = [], []
-    for tid in range(tok.get_vocab_size()):
-        text = tok.decode([tid])
-        if re.fullmatch(r"[a-z]+", text) and tok.encode(text, add_special_tokens=False).ids == [tid]:
-            (pool if WORD.fullmatch(text) else letters).append(tid)
-    return pool if len(pool) >= 16 else sorted(pool + letters)
-
-
 class _Code:
     """Slices of held-out code that start at a line start and stay inside one file."""
 
     def __init__(self, held: HeldOut):
         ids = held.stream.long()
         tok = held.tokenizer
-        newline = torch.tensor([tok.decode([t]).endswith("\n") for t in range(tok.get_vocab_size())])
+        newline = newline_table(tok)
         sep = (ids == EOS_ID) | (ids == BOS_ID)
         n = ids.numel()
         pos = torch.arange(n)

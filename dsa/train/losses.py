@@ -5,6 +5,7 @@ recall of the dense attention mass.
                                       p_t = the main attention summed over heads, L1-normalised
     indexer_kl(aux, restrict=True)    sparse stage: the same KL on each row's selected set S_t only
     attention_recall(aux, k)          share of p_t that falls on the top-k keys of I_t (rows that see > k keys)
+    oracle_recall(aux, k)             the best any selection of k keys can do: p_t's own top-k mass (same rows)
 """
 from __future__ import annotations
 
@@ -49,4 +50,16 @@ def attention_recall(aux: LayerAux, k: int) -> tuple[float, int]:
     return float(mass[rows].mean()), int(rows.sum())
 
 
-__all__ = ["lm_loss", "indexer_kl", "attention_recall"]
+@torch.no_grad()
+def oracle_recall(aux: LayerAux, k: int) -> tuple[float, int]:
+    """(mean over rows that see more than k keys of the mass of p's own k largest entries, rows): the ceiling of
+    attention_recall. Diffuse attention (a layer that averages over many keys) keeps it well below 1."""
+    p, visible = aux.attention, torch.isfinite(aux.index_scores)
+    rows = visible.sum(-1) > k
+    if not bool(rows.any()):
+        return float("nan"), 0
+    mass = p.topk(min(k, p.shape[-1]), dim=-1).values.sum(-1)
+    return float(mass[rows].mean()), int(rows.sum())
+
+
+__all__ = ["lm_loss", "indexer_kl", "attention_recall", "oracle_recall"]

@@ -24,7 +24,7 @@ import torch
 from dsa.model.config import ModelConfig
 from dsa.model.transformer import DeepseekV32
 from dsa.train.graph import TrainGraph, indexer_parameters, trainable
-from dsa.train.losses import attention_recall, indexer_kl, lm_loss
+from dsa.train.losses import attention_recall, indexer_kl, lm_loss, oracle_recall
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Recipe:
     short_steps: int = 2400
     long_batch: int = 2  # stage a (second part), b and c: full-context windows (max_position_embeddings)
     long_steps: int = 400
-    warmup_steps: int = 250
+    warmup_steps: int = 500
     sparse_steps: int = 400
     lr: float = 3e-3  # stage a (AdamW, linear warm-up then cosine to lr / 10)
     lr_warmup_steps: int = 100
@@ -45,6 +45,7 @@ class Recipe:
     grad_clip: float = 1.0
     bias_rate: float = 1e-3
     eval_windows: int = 8  # held-out windows of the full context for the loss / recall checks
+    passkey_rate: float = 0.5  # share of training windows with a passkey pair (dsa.train.passkeys)
 
 
 @dataclass
@@ -92,10 +93,12 @@ def _step(opt, params, clip) -> None:
 
 @torch.no_grad()
 def evaluate(model: DeepseekV32, windows: torch.Tensor) -> dict:
-    """Held-out: LM loss dense and sparse, and the indexer's recall of the dense attention mass (per layer)."""
+    """Held-out: LM loss dense and sparse, the indexer's recall of the dense attention mass (per layer), and its
+    ceiling (the mass on the k keys the dense attention itself weighs most)."""
     g = TrainGraph(model)
     k = model.config.index_topk
-    dense_loss, sparse_loss, recalls, rows = 0.0, 0.0, [0.0] * model.config.num_hidden_layers, 0
+    layers = model.config.num_hidden_layers
+    dense_loss, sparse_loss, recalls, ceilings, rows = 0.0, 0.0, [0.0] * layers, [0.0] * layers, 0
     for w in windows.split(1):
         d = g(w[:, :-1], mode="dense", want_aux=True)
         dense_loss += float(lm_loss(d.logits, w))
@@ -103,11 +106,14 @@ def evaluate(model: DeepseekV32, windows: torch.Tensor) -> dict:
         for i, aux in enumerate(d.aux):
             r, n = attention_recall(aux, k)
             recalls[i] += r * n
+            ceilings[i] += oracle_recall(aux, k)[0] * n
         rows += attention_recall(d.aux[0], k)[1]
     n = len(windows)
     return {"dense_loss": dense_loss / n, "sparse_loss": sparse_loss / n,
             "recall_per_layer": [r / rows if rows else float("nan") for r in recalls],
-            "recall": sum(recalls) / (rows * len(recalls)) if rows else float("nan")}
+            "recall": sum(recalls) / (rows * layers) if rows else float("nan"),
+            "ceiling_per_layer": [c / rows if rows else float("nan") for c in ceilings],
+            "ceiling": sum(ceilings) / (rows * layers) if rows else float("nan")}
 
 
 def run(config: ModelConfig, recipe: Recipe, sample: Callable[[int, int], torch.Tensor],
