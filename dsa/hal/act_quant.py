@@ -29,3 +29,14 @@ def act_quant(x: Tensor, block_size: int, ue8m0: bool, provider: str) -> tuple[T
     Returns (y [..., K] float8_e4m3fn, s [..., ceil(K / block_size)] float32); x ~= y * s.
     """
     raise NotImplementedError  # the registered op dispatches to a provider
+
+
+def onnx_translation():
+    """This op in standard ONNX ops (dsa.hal.onnx_graph.act_quant), for custom_translation_table;
+    imports onnxscript (the `onnx` extra) only when asked."""
+    from dsa.hal import onnx_graph
+
+    def act_quant_onnx(x, block_size, ue8m0, provider):
+        return onnx_graph.act_quant(x, block_size, ue8m0)
+
+    return act_quant_onnx

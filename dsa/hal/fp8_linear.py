@@ -22,3 +22,14 @@ def fp8_linear(x: Tensor, weight: Tensor, weight_scale_inv: Tensor, ue8m0: bool,
     (This is what the fp8 GEMMs of the reference implementation and DeepGEMM compute.)
     """
     raise NotImplementedError
+
+
+def onnx_translation():
+    """This op in standard ONNX ops (dsa.hal.onnx_graph.fp8_linear), for custom_translation_table;
+    imports onnxscript (the `onnx` extra) only when asked."""
+    from dsa.hal import onnx_graph
+
+    def fp8_linear_onnx(x, weight, weight_scale_inv, ue8m0, provider):
+        return onnx_graph.fp8_linear(x, weight, weight_scale_inv, ue8m0)
+
+    return fp8_linear_onnx

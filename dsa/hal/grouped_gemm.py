@@ -36,6 +36,17 @@ def grouped_gemm(
     """
     raise NotImplementedError
 
+def onnx_translation():
+    """This op in standard ONNX ops (dsa.hal.onnx_graph.grouped_gemm), for custom_translation_table;
+    imports onnxscript (the `onnx` extra) only when asked."""
+    from dsa.hal import onnx_graph
+
+    def grouped_gemm_onnx(x, x_scale, w, w_scale, m_sizes, provider):
+        return onnx_graph.grouped_gemm(x, x_scale, w, w_scale, m_sizes)
+
+    return grouped_gemm_onnx
+
+
 
 def args_reason(x: Tensor, x_scale: Optional[Tensor], w: Tensor, w_scale: Optional[Tensor],
                 m_sizes: Tensor) -> Optional[str]:

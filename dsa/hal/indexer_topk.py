@@ -37,6 +37,17 @@ def indexer_topk(
     """
     raise NotImplementedError
 
+def onnx_translation():
+    """This op in standard ONNX ops (dsa.hal.onnx_graph.indexer_topk), for custom_translation_table;
+    imports onnxscript (the `onnx` extra) only when asked."""
+    from dsa.hal import onnx_graph
+
+    def indexer_topk_onnx(q, weights, k, k_scale, starts, ends, topk, provider):
+        return onnx_graph.indexer_topk(q, weights, k, k_scale, starts, ends, topk)
+
+    return indexer_topk_onnx
+
+
 
 def args_reason(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor,
                 topk: int) -> Optional[str]:

@@ -47,6 +47,17 @@ def sparse_mla_decode(
     """
     raise NotImplementedError
 
+def onnx_translation():
+    """This op in standard ONNX ops (dsa.hal.onnx_graph.sparse_mla_decode), for custom_translation_table;
+    imports onnxscript (the `onnx` extra) only when asked."""
+    from dsa.hal import onnx_graph
+
+    def sparse_mla_decode_onnx(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v, provider):
+        return onnx_graph.sparse_mla_decode(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_v)
+
+    return sparse_mla_decode_onnx
+
+
 
 def check_args(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens: Tensor, indices: Tensor, d_v: int) -> None:
     """The contract's shape rules, shared by every provider: a ValueError naming the mismatch."""

@@ -34,6 +34,17 @@ def sparse_mla_prefill(
     """
     raise NotImplementedError
 
+def onnx_translation():
+    """This op in standard ONNX ops (dsa.hal.onnx_graph.sparse_mla_prefill), for custom_translation_table;
+    imports onnxscript (the `onnx` extra) only when asked."""
+    from dsa.hal import onnx_graph
+
+    def sparse_mla_prefill_onnx(q, kv, indices, sm_scale, d_v, provider):
+        return onnx_graph.sparse_mla_prefill(q, kv, indices, sm_scale, d_v)
+
+    return sparse_mla_prefill_onnx
+
+
 
 def check_args(q: Tensor, kv: Tensor, indices: Tensor, d_v: int) -> None:
     """The contract's shape rules, shared by every provider: a ValueError naming the mismatch."""
