@@ -157,7 +157,8 @@ def grouped_gemm(x, x_scale, w, w_scale, m_sizes):
     used = op.Less(rows, op.Gather(ends, i64(E - 1), axis=0))  # [M]
     expert = op.Min(expert, i64(E - 1))
     if fp8:
-        xd, wd = dequant_rows(x, x_scale, static_dim(x, -1, "grouped_gemm")), dequant_tiles(w, w_scale)  # fp32 [M, K], [E, N, K]
+        K = static_dim(x, -1, "grouped_gemm")
+        xd, wd = dequant_rows(x, x_scale, K), dequant_tiles(w, w_scale)  # fp32 [M, K], [E, N, K]
     else:
         xd, wd = op.Cast(x, to=FLOAT), op.Cast(w, to=FLOAT)
     wr = op.Gather(wd, expert, axis=0)  # [M, N, K]
