@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from dsa.errors import DsaError, InputError
 
-DEFAULT_PROMPT = "DeepSeek Sparse Attention reads only the tokens that matter:"
+DEFAULT_PROMPT = "def read_config(path):\n    \"\"\""  # the built-in model writes Python (its corpus: the stdlib)
 # reads of a prompt file / stdin stop at what the context can hold: a generous 16 bytes per token, plus slack
 BYTES_PER_TOKEN, READ_SLACK = 16, 4096
 # a rank other than 0 of a `--nproc` launch writes its error line to this file (the parent prints it if needed)

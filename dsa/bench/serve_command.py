@@ -1,7 +1,7 @@
 """`dsa bench serve` flags and entry: the serving benchmark of dsa.bench.serve against a running server, or
 against an engine built in this process (--in-process: no server, no HTTP).
 
-    dsa serve --device cpu &                      # the server (the built-in `tiny` model)
+    dsa serve --device cpu &                      # the server (the built-in `mini` model)
     dsa bench serve --num-prompts 50 --request-rate 4 --max-concurrency 8
     dsa bench serve --dataset shared-prefix --prefix-len 512 --num-prefix-groups 4 --json serve.json
     dsa bench serve --in-process --device cpu --num-prompts 32 --max-concurrency 8 --max-num-batched-tokens 512
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="--in-process: the device profile (see `dsa devices`; default cpu)")
     p.add_argument("--model", help="model name sent with each request (default: the first of GET /v1/models); "
                                    "--in-process: the engine's checkpoint dir, config.json or built-in name "
-                                   "(default tiny)")
+                                   "(default: the built-in model, mini)")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
                    help="random: random token ids; shared-prefix: groups of prompts sharing a long prefix")
     p.add_argument("--num-prompts", type=int, default=d.num_prompts, metavar="N", help="requests to send")
@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="bearer token (default: $OPENAI_API_KEY)")
     p.add_argument("--timeout", type=float, default=d.timeout, metavar="S", help="seconds per request")
     p.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, metavar="V",
-                   help=f"prompt ids are drawn from [2, V); default {DEFAULT_VOCAB_SIZE}, the built-in tiny model's "
+                   help=f"prompt ids are drawn from [2, V); default {DEFAULT_VOCAB_SIZE}, the built-in mini model's "
                         "vocab (set it to your model's vocab_size)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
 

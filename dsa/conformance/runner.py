@@ -1,15 +1,16 @@
 """`dsa conformance`: certify providers on this machine against the fp64 oracle.
 
 It runs the shipped cases in-process with pytest - the op-level cases of dsa/conformance/cases/ (every
-op x provider, against the fp64 oracle in dsa/conformance/reference/) and the tiny-model oracle cases
-once per provider - and turns the outcome into a report:
+op x provider, against the fp64 oracle in dsa/conformance/reference/) and the model cases (the
+random tiny model against the oracle, the trained mini's greedy tokens: cases/test_trained_model.py) once
+per provider - and turns the outcome into a report:
 
     report = run_conformance(providers=["triton"], profile=None, report_dir=Path("out"))
     report["result"]     # "pass" | "fail"; out/report.json and out/report.md are written
 
 One row per (op, provider): cases, passed / failed / skipped (with the reasons), and the worst errors
 that dsa/conformance/reference/compare.py measured (max abs, max rel, global cosine difference, and the
-worst ratio of an element's error to its allowance, <= 1 passes). The "tiny model" row runs the model
+worst ratio of an element's error to its allowance, <= 1 passes). The "model" row runs the model
 oracle cases with the provider's ops first and torch for the ops it lacks ($DSA_MODEL_PROVIDER, read by
 dsa/conformance/model_helpers.py); its notes say which provider actually ran each op.
 
@@ -37,8 +38,8 @@ MODEL_PROVIDER_ENV = "DSA_MODEL_PROVIDER"  # read by dsa/conformance/model_helpe
 TEST_DEVICE_ENV = "DSA_TEST_DEVICE"  # read by dsa/conformance/calling.py
 OP_TESTS = ("test_act_quant.py", "test_dispatch.py", "test_fp8_linear.py", "test_grouped_gemm.py",
             "test_indexer_topk.py", "test_kv_format.py", "test_sparse_mla.py")
-MODEL_TESTS = ("test_oracle.py", "test_transformers_oracle.py")
-MODEL_ROW = "tiny model"
+MODEL_TESTS = ("test_oracle.py", "test_transformers_oracle.py", "test_trained_model.py")
+MODEL_ROW = "model"  # the random tiny model against the fp64 oracle and transformers; the trained mini's tokens
 HARNESS_ROW = "oracle self-checks"  # tests of the oracle / dispatch themselves (no provider)
 REPORT_FORMAT = "dsa-conformance/1"
 _METRICS = ("abs", "rel", "cos", "tol_ratio")
@@ -110,7 +111,7 @@ class Row:
     topk_bad_rows: int = 0
     nonfinite_mismatches: int = 0  # comparisons whose inf / NaN positions differed from the oracle's
     notes: list = field(default_factory=list)
-    ops_run: dict = field(default_factory=dict)  # tiny model: "op" -> {"provider": calls}
+    ops_run: dict = field(default_factory=dict)  # model row: "op" -> {"provider": calls}
 
     @property
     def cases(self) -> int:
@@ -312,7 +313,7 @@ def run_conformance(
     model: bool = True,
     command: Optional[str] = None,
 ) -> dict:
-    """Run op-level and tiny-model conformance; write report.json + report.md; return the report."""
+    """Run op-level and model conformance; write report.json + report.md; return the report."""
     try:
         import pytest  # noqa: F401
     except ImportError:
@@ -371,7 +372,7 @@ def run_conformance(
                 row.notes.append(f"ops run by {name}: {', '.join(own)}"
                                  + (f"; torch for: {', '.join(fallback)}" if fallback else ""))
             elif name != "torch" and row.passed:  # nothing of this provider was exercised: certifies nothing
-                reason = f"the tiny model called none of {name}'s ops (torch ran {', '.join(fallback) or 'them'})"
+                reason = f"the model cases called none of {name}'s ops (torch ran {', '.join(fallback) or 'them'})"
                 row.skip_reasons[reason] += row.passed
                 row.skipped, row.passed, row.worst = row.skipped + row.passed, 0, {}
                 row.topk_rows, row.topk_bad_rows = 0, 0
@@ -389,7 +390,7 @@ def run_conformance(
         notes.append("Triton kernels ran in Triton's CPU interpreter (TRITON_INTERPRET=1, no GPU here): this checks "
                      "their logic, not their execution on a GPU")
     if device != "cpu":
-        notes.append(f"the tiny-model rows run on the CPU (only providers that take CPU tensors are exercised there); "
+        notes.append(f"the model rows run on the CPU (only providers that take CPU tensors are exercised there); "
                      f"the op rows run on {device}")
     failed = any(r.status == "fail" for r in rows.values()) or bool(errors)
     report = {

@@ -61,7 +61,7 @@ MAX_KV_CACHE_GIB = 1 << 20
 
 @dataclass(frozen=True)
 class EngineArgs:
-    """model: checkpoint directory, config.json, or built-in model name (None = the built-in tiny model).
+    """model: checkpoint directory, config.json, or built-in model name (None = the built-in trained model, mini).
     device: a device profile name (dsa/configs/devices: cpu, h200, mi300x, ascend-a3, ...) or a .yaml path.
     dtype: compute dtype (bf16 | fp16 | fp32; None = the profile's). kv_cache_dtype: bf16 | fp8 latent
     cache (None = the profile's). weights: fp8 keeps a checkpoint's fp8 weights, bf16 dequantises (None =

@@ -38,7 +38,7 @@ class GenerationResult:
 class LLM:
     """A model ready to generate on one device.
 
-    model: checkpoint directory, config.json, or built-in model name (None = the built-in tiny model).
+    model: checkpoint directory, config.json, or built-in model name (None = the built-in trained model, mini).
     device: a device profile name (dsa/configs/devices: cpu, h200, mi300x, ascend-a3, ...) or a .yaml path.
     options: any other EngineArgs field - dtype ("bf16" | "fp16" | "fp32"), kv_cache_dtype ("bf16" | "fp8"),
     indexer_fp8, max_seq_len, page_size, weights ("fp8" | "bf16"), weights_seed. `LLM.from_engine_args`

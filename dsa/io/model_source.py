@@ -1,8 +1,9 @@
 """From `--device` and `--model` to a ready engine: resolve the model, plan, build, fill weights.
 
 Model sources:
-  (none)                 the built-in tiny model (dsa/configs/models/tiny) with seeded random weights
-  NAME                   a config shipped in dsa/configs/models/NAME (random weights)
+  (none)                 the built-in trained model (dsa/configs/models/mini, rebuilt by `dsa train`)
+  NAME                   a model shipped in dsa/configs/models/NAME: a checkpoint (mini) or a config with
+                         seeded random weights (tiny, deepseek-v3.2-exp)
   path/to/config.json    that config (random weights)
   DIR with config.json   that config; if DIR holds *.safetensors they are the weights
 """
@@ -20,7 +21,7 @@ from dsa.errors import DsaError
 from dsa.io.tokenizer import clean_text
 from dsa.model.config import ModelConfig
 
-BUILTIN_MODEL = "tiny"
+BUILTIN_MODEL = "mini"  # the trained checkpoint (dsa train); "tiny" is the random-weight test model
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ Per context (dsa.train.eval_command runs them and writes the report):
 - copy_probe        a span of held-out code repeated >= 2 x top-k tokens later: next-token accuracy on the
                     second occurrence vs the first (does the model copy from beyond top-k at all?);
 - indexer_recall    the dense attention mass (summed over heads) on the indexer's top-k, per layer, over
-                    rows that see more than top-k keys (dsa.train.graph.TrainGraph, unquantised scores);
+                    rows that see more than top-k keys (dsa.train.graph.TrainGraph, unquantised scores), and
+                    its ceiling: the mass on the k keys the dense attention weighs most;
 - greedy_agreement  M held-out prompts of context - new_tokens tokens, greedy through each model's engine:
                     identical tokens up to the first divergence, and identical continuations.
 """
@@ -309,20 +310,23 @@ def indexer_recall(pair: Pair, stream: Tensor, context: int, windows: int) -> di
     """Per layer, the share of the dense attention mass (summed over heads) on the indexer's top-k, over the
     rows of `windows` held-out windows that see more than top-k keys (none at context <= top-k: recall 1)."""
     from dsa.train.graph import TrainGraph
-    from dsa.train.losses import attention_recall
+    from dsa.train.losses import attention_recall, oracle_recall
 
     graph = TrainGraph(pair.models["sparse"])
     layers = pair.models["sparse"].config.num_hidden_layers
-    mass, rows = [0.0] * layers, 0
+    mass, best, rows = [0.0] * layers, [0.0] * layers, 0
     for w in eval_windows(stream, context, windows):
         out = graph(w[None, :-1].long(), mode="dense", want_aux=True)
         for i, aux in enumerate(out.aux):
             r, n = attention_recall(aux, pair.topk)
             mass[i] += r * n if n else 0.0
+            best[i] += oracle_recall(aux, pair.topk)[0] * n if n else 0.0
         rows += attention_recall(out.aux[0], pair.topk)[1]
     per_layer = [m / rows if rows else float("nan") for m in mass]
+    ceiling = [b / rows if rows else float("nan") for b in best]
     return {"context": context, "windows": windows, "rows": rows, "recall_per_layer": per_layer,
-            "recall": sum(per_layer) / layers if rows else float("nan")}
+            "recall": sum(per_layer) / layers if rows else float("nan"), "ceiling_per_layer": ceiling,
+            "ceiling": sum(ceiling) / layers if rows else float("nan")}
 
 
 # ---- greedy agreement -----------------------------------------------------------------------------------

@@ -215,6 +215,13 @@ def notes(result: dict) -> list[str]:
         low = [str(i) for i, v in enumerate(rec[-1]["recall_per_layer"]) if v < RECALL_TARGET]
         out.append(f"Indexer recall below {RECALL_TARGET:g} at {rec[-1]['context']} in layer(s) {', '.join(low)}; it "
                    "falls as the context grows (a fixed top-k covers a smaller share of the keys).")
+        ceil = rec[-1].get("ceiling_per_layer", [])
+        diffuse = [f"{i} ({c:.2f})" for i, c in enumerate(ceil) if _finite(c) and c < RECALL_TARGET]
+        if diffuse:
+            out.append(f"At {rec[-1]['context']} the dense attention of layer(s) {', '.join(diffuse)} puts less than "
+                       f"{RECALL_TARGET:g} of its mass on its own top {result['index_topk']} keys: it is spread over "
+                       "many keys, so no selection of top-k keys reaches the target there; the indexer's recall is "
+                       "bounded by these ceilings.")
     return out
 
 
@@ -285,12 +292,18 @@ def render(result: dict, train: Optional[dict], plots: list[str]) -> str:
               "Share of the dense attention mass (summed over heads, per layer) on the indexer's top-k, over the rows "
               f"that see more than {k} keys, in {s['recall_windows']} held-out windows per context "
               "(dsa.train.graph.TrainGraph, dense mode; index scores unquantised). At context <= top-k every key is "
-              "selected: no row to measure.", ""]
+              "selected: no row to measure. *ceiling*: the mass on the k keys the dense attention itself weighs "
+              "most, the most any selection of k keys can reach.", ""]
     layers = max((len(q["recall_per_layer"]) for q in r["recall"]), default=0)
-    lines += _table(["context", "x top-k", "rows", *[f"layer {i}" for i in range(layers)], "mean"],
+    def _pair(v, c):
+        return f"{v:.3f} / {c:.3f}" if _finite(v) and _finite(c) else "-"
+
+    lines += _table(["context", "x top-k", "rows", *[f"layer {i} (recall / ceiling)" for i in range(layers)],
+                     "mean recall / ceiling"],
                     [[q["context"], _x(r, q["context"]), q["rows"],
-                      *[f"{v:.3f}" if _finite(v) else "-" for v in q["recall_per_layer"]],
-                      f"{q['recall']:.3f}" if _finite(q["recall"]) else "-"] for q in r["recall"]])
+                      *[_pair(v, c) for v, c in zip(q["recall_per_layer"], q.get("ceiling_per_layer",
+                                                                                 [float("nan")] * layers))],
+                      _pair(q["recall"], q.get("ceiling", float("nan")))] for q in r["recall"]])
     lines += ["", "## Greedy agreement (through the engine)", "",
               f"{s['prompts']} held-out prompts per context of context - {s['new_tokens']} tokens, {s['new_tokens']} "
               "greedy tokens each (at most context / 2) through the dense and the sparse model's Engine (eos "

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from dsa.cli import main
+from dsa.io.model_source import resolve_model
 
 REPO = Path(__file__).resolve().parents[2]
-LONG_PROMPT = "a" * 5000  # the tiny model's context holds 4096 tokens (byte tokenizer: 1 byte ~ 1 token)
+CTX = resolve_model(None).config.max_position_embeddings  # the built-in model's context (mini: 1024)
+LONG_PROMPT = "a" * (4 * CTX + 100)  # more tokens than the context even for a tokenizer that merged 4 "a"s
 RUN = ("run", "--device", "cpu", "--raw", "--temperature", "0", "--max-new-tokens", "2")
 
 
@@ -68,16 +70,16 @@ ROWS = [
     (["run", "--device", "cpu", "--max-new-tokens", "0"], 2, ["max_new_tokens"]),
     (["run", "--device", "cpu", "--tp", "0"], 2, ["--tp"]),
     (["run", "--device", "cpu", "--max-seq-len", "1"], 2, ["--max-seq-len"]),
-    (["run", "--device", "cpu", "--max-seq-len", "100000"], 2, ["at most 4096"]),
+    (["run", "--device", "cpu", "--max-seq-len", "100000"], 2, [f"at most {CTX}"]),
     (["run", "--device", "cpu", "--page-size", "-3"], 2, ["--page-size"]),
     (["run", "--device", "cpu", "--prompt", "x", "--interactive"], 2, ["not allowed with"]),
     (["run", "--device", "cpu", "--prompt-file", "{tmp}/missing.txt"], 2, ["not found"]),
     (["run", "--device", "cpu", "--prompt-file", "/dev/zero"], 2,
-     ["--prompt-file /dev/zero is larger than the context can hold", "at most 69632"]),
+     ["--prompt-file /dev/zero is larger than the context can hold", "bytes read, at most"]),
     (["run", "--device", "cpu", "--prompt-file", "{tmp}/long.txt"], 2, ["larger than the context"]),
     (["run", "--device", "cpu", "--prompt-file", "{tmp}/a_dir"], 2, ["cannot read"]),
     (["run", "--device", "cpu", "--prompt-file", "{tmp}/not_utf8.txt"], 2, ["not UTF-8"]),
-    (["run", "--device", "cpu", "--prompt", LONG_PROMPT], 2, ["the context holds 4096"]),
+    (["run", "--device", "cpu", "--prompt", LONG_PROMPT], 2, [f"the context holds {CTX}"]),
     (["run", "--device", "cpu", "--tp", "2"], 2, ["add --nproc 2"]),
     (["run", "--device", "cpu", "--nproc", "0"], 2, ["--nproc"]),
     (["run", "--device", "cpu", "--tp", "2", "--nproc", "3"], 2, ["does not match the layout"]),
@@ -143,7 +145,7 @@ def test_interactive_too_many_tokens_is_one_error_and_the_session_goes_on(sandbo
     monkeypatch.setattr(sys, "stdin", io.StringIO(LONG_PROMPT + "\nhi\n"))
     got = main([*RUN, "--interactive"])
     out, err = capsys.readouterr()
-    _check(got, 0, out, err, ["the context holds 4096"])
+    _check(got, 0, out, err, [f"the context holds {CTX}"])
     assert out.count("[prompt:") == 1
 
 
@@ -198,7 +200,7 @@ def test_prompt_file_dev_zero_in_a_subprocess(sandbox):
 def test_nproc_2_prompt_too_long_is_one_error_line_exit_2(sandbox):
     before = _files(sandbox)
     r = _cli([*RUN, "--tp", "2", "--nproc", "2", "--prompt", LONG_PROMPT], sandbox)
-    _check(r.returncode, 2, r.stdout, r.stderr, ["the context holds 4096"])
+    _check(r.returncode, 2, r.stdout, r.stderr, [f"the context holds {CTX}"])
     assert _files(sandbox) == before
 
 
@@ -212,7 +214,7 @@ def test_nproc_2_interactive_errors_are_printed_once(sandbox):
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2 and "the context holds 4096" in errors[0] and "longer than" in errors[1], r.stderr
+    assert len(errors) == 2 and f"the context holds {CTX}" in errors[0] and "longer than" in errors[1], r.stderr
     assert r.stdout.count("[prompt:") == 1 and r.stdout.startswith("hi")
 
 
@@ -223,7 +225,7 @@ def test_a_rank_other_than_0_stays_silent_with_the_same_status(sandbox):
     assert r.returncode == 2 and "error:" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = _cli([*RUN, "--tp", "2", "--prompt", LONG_PROMPT], sandbox, RANK="0", WORLD_SIZE="2", LOCAL_RANK="0",
              LOCAL_WORLD_SIZE="2")
-    _check(r.returncode, 2, r.stdout, r.stderr, ["the context holds 4096"])
+    _check(r.returncode, 2, r.stdout, r.stderr, [f"the context holds {CTX}"])
 
 
 def test_nproc_parent_prints_a_silent_rank_error_once_with_its_status(tmp_path, capsys):

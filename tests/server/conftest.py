@@ -19,7 +19,7 @@ from dsa.server.app import create_app
 from dsa.server.engine import EngineHost
 from dsa.server.http import bind_socket, make_server, url_of
 
-ENGINE = dict(model=None, device="cpu", dtype="fp32", max_seq_len=256, num_blocks=64)
+ENGINE = dict(model="tiny", device="cpu", dtype="fp32", max_seq_len=256, num_blocks=64)
 MODEL_NAME = "tiny"
 
 

@@ -58,8 +58,8 @@ def test_bench_flags_parse_as_before():
     (["bench", "--quick", "serve"], ["own flags after `serve`", "--quick"]),
     (["bench", "nosuch"], ["invalid choice: 'nosuch'"]),
     (["bench", "serve", "--in-process", "--random-input-len", "4000", "--random-output-len", "200"],
-     ["needs 4200 tokens", "context is 4096"]),
-    (["bench", "serve", "--in-process", "--vocab-size", "1000"], ["--vocab-size 1000", "vocab_size (260)"]),
+     ["needs 4200 tokens", "context is 1024"]),
+    (["bench", "serve", "--in-process", "--vocab-size", "3000"], ["--vocab-size 3000", "vocab_size (2048)"]),
     (["bench", "--serving-concurrency", "0"], ["--serving-concurrency", "positive"]),
     (["bench", "--serving-hf-memory", "-1"], ["--serving-hf-memory"]),
     (["bench", "--sections", "serving", "--serving-chunk-tokens", "4", "--serving-prefill-decodes", "4"],
@@ -89,9 +89,16 @@ def test_bench_serve_in_process_end_to_end(tmp_path, capsys):
     assert "| successful requests | 6 |" in stdout and "| target | in-process |" in stdout
     data = json.loads(out.read_text())
     assert data["completed"] == 6 and data["failed"] == 0 and data["first_error"] is None
-    assert data["total_output_tokens"] == 18 and data["total_input_tokens"] == 120 and data["model"] == "tiny"
+    assert data["total_output_tokens"] == 18 and data["total_input_tokens"] == 120 and data["model"] == "mini"
     assert data["ttft_median_ms"] > 0 and data["output_throughput"] > 0
     assert data["prefix_cache_hit_rate"] == 0.0  # random prompts share no full block
+
+
+def test_the_default_vocab_is_the_builtin_models():
+    from dsa.bench.serve import DEFAULT_VOCAB_SIZE
+    from dsa.io.model_source import resolve_model
+
+    assert DEFAULT_VOCAB_SIZE == resolve_model(None).config.vocab_size
 
 
 def test_bench_serve_in_process_shared_prefix_hits_the_cache(capsys):

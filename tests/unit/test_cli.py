@@ -1,4 +1,5 @@
 """The `dsa` command: happy paths on the built-in model and every user-error path (one line, exit 2)."""
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_run_streams_text_and_reports_throughput(capsys):
     assert code == 0, err
     text, stats = out.rstrip("\n").rsplit("\n", 1)
     assert text.startswith("abc")
-    assert stats.startswith("[prompt: 4 tokens,") and "tok/s | decode:" in stats and "stop:" in stats
+    assert re.match(r"\[prompt: [1-4] tokens,", stats) and "tok/s | decode:" in stats and "stop:" in stats
     assert "indexer_topk=torch" in err
 
 

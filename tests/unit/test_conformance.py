@@ -101,13 +101,13 @@ def test_run_reports_pass_fail_worst_errors_and_exits_1(broken_fp8_linear, absen
     declines = rows[("fp8_linear", "test-declines")]
     assert declines["status"] == "skipped"
     assert declines["skip_reasons"] == [{"reason": "test-declines declines: not here", "count": 2}]
-    assert "ran no op-level case" in rows[("tiny model", "test-declines")]["skip_reasons"][0]["reason"]
+    assert "ran no op-level case" in rows[("model", "test-declines")]["skip_reasons"][0]["reason"]
 
-    model = rows[("tiny model", "torch")]
+    model = rows[("model", "torch")]
     assert (model["status"], model["passed"]) == ("pass", 2) and model["worst"]["tol_ratio"]["value"] < 1
     assert model["ops_run"]["sparse_mla_prefill"] == {"torch": model["ops_run"]["sparse_mla_prefill"]["torch"]}
-    assert rows[("tiny model", broken_fp8_linear)]["status"] == "skipped"
-    assert "not installed" in rows[("tiny model", "npu")]["skip_reasons"][0]["reason"]
+    assert rows[("model", broken_fp8_linear)]["status"] == "skipped"
+    assert "not installed" in rows[("model", "npu")]["skip_reasons"][0]["reason"]
 
     md = (out / "report.md").read_text()
     assert md.startswith("# dsa conformance: FAIL")

@@ -85,7 +85,7 @@ def test_resolve_applies_the_options_to_the_plan():
     assert (setup.plan.dtype, setup.plan.page_size, setup.plan.kv_cache_dtype, setup.max_seq_len) == (
         "fp32", 16, "fp8", 300
     )
-    assert setup.source.name == "tiny" and setup.profile.name == "cpu"
+    assert setup.source.name == "mini" and setup.profile.name == "cpu"  # the built-in trained model
     with pytest.raises(InputError, match="max_position_embeddings"):
         EngineArgs(max_seq_len=10**7).resolve()
 

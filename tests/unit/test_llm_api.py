@@ -92,8 +92,15 @@ def test_overrides(ckpt):
     assert len(llm.generate("x", max_new_tokens=3, temperature=0)[0].token_ids) <= 3
 
 
+def test_the_default_model_is_the_trained_mini_checkpoint():
+    llm = LLM(dtype=torch.float32)
+    assert llm.source.name == "mini" and not llm.source.random_weights
+    r = llm.generate("def ", max_new_tokens=4, temperature=0)[0]
+    assert 1 <= len(r.token_ids) <= 4
+
+
 def test_builtin_model_with_random_weights():
-    llm = LLM(weights_seed=2, dtype=torch.float32)
+    llm = LLM(model="tiny", weights_seed=2, dtype=torch.float32)
     r = llm.generate("abc", max_new_tokens=3, temperature=0)[0]
     assert llm.source.random_weights and len(r.token_ids) <= 3
     with pytest.raises(InputError, match="no chat template"):

@@ -1,0 +1,85 @@
+"""Passkeys: a one-token word bound to a name early in a window and asked for late, in training and in eval.
+
+    KEY_1234 = "word"        <- the definition, at a line start
+    ... other code ...
+    KEY_1234 = "word"        <- the query: the model must copy the word from the definition
+
+Plain code rarely needs a token from more than top-k tokens back, so a model trained on it alone does not
+learn to look that far and the retrieval measurement of `dsa eval` has nothing to compare (dense and sparse
+both at chance). `PasskeyMixer` puts one such pair into a share of the training windows (`Recipe.passkey_rate`):
+the LM loss on the second word teaches the copy, names and words drawn afresh each time so nothing can be
+memorised. `dsa eval` (dsa.train.eval.retrieval_cases) builds its cases from held-out files with the same
+format and its own seed.
+"""
+from __future__ import annotations
+
+import random
+import re
+
+import torch
+from torch import Tensor
+
+WORD = re.compile(r"[a-z]{3,}")  # the passkey values: one-token lower-case words
+KEY_RANGE = (1000, 10000)  # KEY_<4 digits>
+
+
+def word_pool(tok) -> list[int]:
+    """Token ids that are a lower-case word of >= 3 letters encoding to themselves (the passkey values);
+    every single-letter token too when the vocabulary has too few (a byte-level tokenizer)."""
+    pool, letters = [], []
+    for tid in range(tok.get_vocab_size()):
+        text = tok.decode([tid])
+        if re.fullmatch(r"[a-z]+", text) and tok.encode(text, add_special_tokens=False).ids == [tid]:
+            (pool if WORD.fullmatch(text) else letters).append(tid)
+    return pool if len(pool) >= 16 else sorted(pool + letters)
+
+
+def newline_table(tok) -> Tensor:
+    """bool [vocab]: the token's text ends with a newline (the next token starts a line)."""
+    return torch.tensor([tok.decode([t]).endswith("\n") for t in range(tok.get_vocab_size())])
+
+
+class PasskeyMixer:
+    """Puts one definition / query pair into each window with probability `rate` (windows keep their length:
+    the tail of the original text is dropped). Deterministic from `seed`."""
+
+    def __init__(self, tok, rate: float, seed: int):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"passkey rate must lie in [0, 1], got {rate}")
+        self.tok, self.rate = tok, rate
+        self.pool = word_pool(tok)
+        self.newline = newline_table(tok)
+        self.rng = random.Random(f"passkeys-{seed}")
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def pair(self) -> tuple[list[int], list[int]]:
+        """(definition ids, query ids) of a fresh name and word; the query ends with the word and its quote."""
+        name, word = f"KEY_{self.rng.randrange(*KEY_RANGE)}", self.rng.choice(self.pool)
+        tail = [word] + self._encode('"\n')
+        return self._encode(f'{name} = "') + tail, self._encode(f'\n{name} = "') + tail
+
+    def mix(self, row: Tensor) -> Tensor:
+        """row [n] -> [n]: the definition at a line start in the first half, the query somewhere after the
+        middle of what follows it."""
+        definition, query = self.pair()
+        room = row.numel() - len(definition) - len(query)
+        if room < 8:
+            return row
+        body = row[:room]
+        nl = self.newline[body[:-1].clamp(0, self.newline.numel() - 1)]
+        starts = [i + 1 for i in nl.nonzero().flatten().tolist() if i + 1 <= room // 2]
+        at = self.rng.choice(starts) if starts else self.rng.randrange(room // 2 + 1)
+        ask = self.rng.randrange(at + (room - at) // 2, room + 1)
+        return torch.cat([body[:at], torch.tensor(definition, dtype=row.dtype), body[at:ask],
+                          torch.tensor(query, dtype=row.dtype), body[ask:]])
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        """ids [B, n] -> [B, n] with passkeys in about `rate` of the rows."""
+        if self.rate == 0.0:
+            return ids
+        return torch.stack([self.mix(r) if self.rng.random() < self.rate else r for r in ids])
+
+
+__all__ = ["PasskeyMixer", "word_pool", "newline_table", "WORD", "KEY_RANGE"]
