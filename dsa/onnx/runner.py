@@ -11,6 +11,7 @@ and generation stops at eos (unless ignore_eos), a stop token, max_new_tokens or
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -102,7 +103,7 @@ def generate(model: str | Path | OnnxModel, prompt_ids: Sequence[int], max_new_t
     onnx_model = model if isinstance(model, OnnxModel) else OnnxModel(model, threads)
     params = params or SamplingParams(temperature=0.0)
     if max_new_tokens is not None:
-        params = SamplingParams(**{**params.__dict__, "max_new_tokens": max_new_tokens})
+        params = dataclasses.replace(params, max_new_tokens=max_new_tokens)
     ids = [int(t) for t in prompt_ids]
     vocab = onnx_model.meta["vocab_size"]
     if not ids:

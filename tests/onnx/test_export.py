@@ -150,3 +150,20 @@ def test_unsupported_options_refused(config_path, tmp_path, change, flag):
     with pytest.raises(InputError, match=flag):
         export_onnx(EngineArgs(model=config_path, max_seq_len=MAX_SEQ_LEN, **change), tmp_path / "x")
     assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_runner_refuses_bad_prompts(exported):
+    from dsa.onnx.runner import generate
+
+    for prompt, words in (([], "empty"), ([5, 10_000], "outside the vocabulary"), ([3] * MAX_SEQ_LEN, "positions")):
+        with pytest.raises(InputError, match=words):
+            next(generate(exported, prompt, 4))
+
+
+def test_seeded_sampling_reproducible(exported):
+    from dsa.engine.sampling import SamplingParams
+    from dsa.onnx.runner import generate
+
+    params = SamplingParams(temperature=0.8, top_p=0.9, seed=3, max_new_tokens=8, ignore_eos=True)
+    first = list(generate(exported, [5, 17, 99], params=params, threads=1))
+    assert len(first) == 8 and first == list(generate(exported, [5, 17, 99], params=params, threads=1))
