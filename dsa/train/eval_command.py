@@ -201,10 +201,12 @@ def notes(result: dict) -> list[str]:
     """What the numbers say that a table does not, from the numbers themselves (each line only when it holds)."""
     out = []
     copy = result["copy"]
+    above = [r["context"] for r in result["retrieval"] if r and r["dense_above_chance"]]
     if copy and all(q["dense_second_pct"] - q["dense_first_pct"] < 2 for q in copy):
         out.append("The dense model does not copy from beyond top-k: a repeated span is predicted no better the second "
-                   "time than the first. Long-range retrieval cannot tell sparse from dense on this model; the "
-                   "passkey accuracies are chance-level for both.")
+                   "time than the first. Long-range retrieval can hardly tell sparse from dense on this model"
+                   + (f"; the dense passkey accuracy is above chance only at {', '.join(map(str, above))}."
+                      if above else "; the passkey accuracies are chance-level for both."))
     better = [p["context"] for p in result["perplexity"] if p["sparse_vs_dense_pct"] < -0.5]
     if better:
         out.append(f"Sparse perplexity is below dense at {', '.join(map(str, better))}: the weights were last trained "
