@@ -65,8 +65,8 @@ def test_past_the_grace_period_streams_end_with_abort(setup, model):
     assert running.host.num_aborted == 1
 
 
-SERVE = [sys.executable, "-m", "dsa.cli", "serve", "--device", "cpu", "--dtype", "fp32", "--max-seq-len", "256",
-         "--num-blocks", "64", "--uvicorn-log-level", "warning"]
+SERVE = [sys.executable, "-m", "dsa.cli", "serve", "--model", "tiny", "--device", "cpu", "--dtype", "fp32",
+         "--max-seq-len", "256", "--num-blocks", "64", "--uvicorn-log-level", "warning"]
 
 
 class Serve:
