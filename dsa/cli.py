@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 # How each EngineArgs field is given on the command line (the flag names themselves: dsa.engine.args.FLAGS).
 _ENGINE_FLAG_OPTIONS = {
-    "model": dict(help="checkpoint dir, config.json, or built-in model name (default: tiny)"),
+    "model": dict(help="checkpoint dir, config.json, or built-in model name (default: mini, the trained one)"),
     "device": dict(required=True, help="device profile name (see `dsa devices`) or a .yaml path"),
     "dtype": dict(help="compute dtype (default: the profile's)"),
     "kv_cache_dtype": dict(help="latent cache format (default: the profile's)"),
@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="generate text")
-    _add_engine_flags(run)
+    _add_engine_flags(run, tuple(n for n in _ENGINE_FLAG_OPTIONS if n != "device"))
+    run.add_argument("--device", help="device profile name (see `dsa devices`) or a .yaml path (required, except "
+                     "with --onnx)")
+    run.add_argument("--onnx", type=Path, metavar="DIR", help="generate with an ONNX export (`dsa export onnx`) on "
+                     "onnxruntime's CPU provider instead of the torch graph")
     src = run.add_mutually_exclusive_group()
     src.add_argument("--prompt", help=f"prompt text (default: {DEFAULT_PROMPT!r})")
     src.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
@@ -109,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "and shows it next to the profile's default. With any of them: evaluates exactly that layout.")
 
     sub.add_parser("devices", help="list the device profiles and which one matches this machine")
+
+    from dsa.onnx.command import EXPORT_FIELDS
+
+    export = sub.add_parser("export", help="export the model to another format: `dsa export onnx`")
+    export_sub = export.add_subparsers(dest="export_format", required=True, parser_class=_Parser, metavar="onnx")
+    onnx = export_sub.add_parser("onnx", help="the DSA graph as ONNX in standard ops (sparse attention kept), for "
+                                 "onnxruntime and other ONNX runtimes; run it with `dsa run --onnx DIR`")
+    onnx.add_argument("--out", required=True, type=Path, help="directory to write (model.onnx, its external data, "
+                      "the tokenizer files, onnx.json)")
+    onnx.add_argument("--device", default="cpu", help="device profile the model is built with (default cpu)")
+    onnx.add_argument("--opset", type=int, default=21, help="ONNX opset, 19-23 (default 21)")
+    onnx.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    _add_engine_flags(onnx, EXPORT_FIELDS)
 
     mk = sub.add_parser("make-checkpoint", help="write seeded random weights in the HF checkpoint layout")
     mk.add_argument("--config", required=True, help="config.json, checkpoint dir, or built-in model name (e.g. tiny)")
@@ -266,6 +283,11 @@ def cmd_run(args) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                             seed=args.seed)  # validate before any heavy work
+    if args.onnx is not None:
+        return _run_onnx(args, params)
+    if args.device is None:
+        raise InputError("dsa run needs --device: a profile name (see `dsa devices`) or a .yaml path (e.g. "
+                         "--device cpu)")
     setup = EngineArgs.from_cli(args).resolve()
     prompt = None if args.interactive else _read_prompt(args, setup.max_seq_len)
     source, plan = setup.source, setup.plan
@@ -285,6 +307,21 @@ def cmd_run(args) -> int:
         return _serve(args, setup, tokenizer, chat, prompt, params, groups)
     finally:
         launch.shutdown(groups)
+
+
+def _run_onnx(args, params) -> int:
+    from dsa.onnx.command import check_run_flags, run_onnx
+    from dsa.onnx.runner import read_meta
+
+    check_run_flags(args)
+    meta = read_meta(args.onnx)  # not an export: one error line
+    prompt = _read_prompt(args, meta["max_seq_len"])
+
+    def write(text: str) -> None:
+        sys.stdout.write(printable(text))
+        sys.stdout.flush()
+
+    return run_onnx(args.onnx.expanduser(), prompt, params, write)
 
 
 def _serve(args, setup, tokenizer, chat, prompt, params, groups) -> int:
@@ -437,6 +474,15 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS["serve"] = cmd_serve
+
+
+def cmd_export(args) -> int:
+    from dsa.onnx.command import cmd_export as export
+
+    return export(args)
+
+
+COMMANDS["export"] = cmd_export
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -25,6 +25,7 @@ dequantises the checkpoint instead and matches within 1e-4.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import warnings
 from pathlib import Path
@@ -127,6 +128,9 @@ def export_onnx(args: EngineArgs, out_dir: str | Path, *, opset: int = DEFAULT_O
     past = torch.export.Dim("past", min=0, max=setup.max_seq_len - 1)
     dynamic = ({0: tokens}, {0: tokens}, tuple({0: past} for _ in range(2 * L)))
     sample = _sample_inputs(config, dtype)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # "torchvision is not installed. Skipping torchvision::..." per missing library
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.export's FutureWarnings about pytree internals
         program = torch.onnx.export(
@@ -134,6 +138,7 @@ def export_onnx(args: EngineArgs, out_dir: str | Path, *, opset: int = DEFAULT_O
             custom_translation_table={**translation_table(), **aten_table()},
             input_names=input_names(L), output_names=output_names(L), dynamic_shapes=dynamic,
         )
+    quiet.setLevel(level)
     path = out_dir / MODEL_FILE
     program.save(str(path), external_data=True)
     onnx.checker.check_model(str(path), full_check=True)
