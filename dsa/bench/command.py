@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write every measurement as JSON")
     p.add_argument("--markdown", type=Path, metavar="FILE",
                    help="also write the Markdown report (e.g. bench/RESULTS.md)")
-    p.add_argument("--sections", type=_names, help="comma-separated subset of ops,e2e,cache,serving (default: all)")
+    p.add_argument("--sections", type=_names,
+                   help="comma-separated subset of ops,e2e,cache,serving,onnx (default: all)")
     p.add_argument("--threads", type=_positive, help="torch.set_num_threads for every section (default: all cores)")
     p.add_argument("--reps", type=_positive, help="interleaved repetitions per op case")
     p.add_argument("--decode-contexts", type=_int_list, metavar="S,..", help="op decode context lengths")
@@ -138,6 +139,8 @@ def _measured(result: dict) -> list[str]:
         done.append("cache")
     if result.get("serving", {}).get("rows") or result.get("serving", {}).get("chunked"):
         done.append("serving")
+    if result.get("onnx", {}).get("rows"):
+        done.append("onnx")
     return done
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 from dsa.bench.common import fmt_bytes, fmt_ratio, fmt_time, fmt_tokens, load_average, machine, md_table
 
 SCHEMA = "dsa-bench/1"
-SECTIONS = ("ops", "e2e", "cache", "serving")
+SECTIONS = ("ops", "e2e", "cache", "serving", "onnx")
 DECODE_TARGET, E2E_TARGET, CACHE_TARGET = 10.0, 3.0, 0.05
 # serving (issue 13): output tok/s over transformers at 64 x 256 and 16 x 4096 prompts; concurrency 1 against the
 # single-sequence path (within SINGLE_TOLERANCE, the timing noise of two runs of one code path); chunked prefill's
@@ -52,18 +52,23 @@ class Settings:
     serving_prefill_decodes: int = 16
     serving_chunk_tokens: int = 512
     serving_hf_memory: float = 2.0
+    onnx_contexts: list[int] = dataclasses.field(default_factory=lambda: [512, 4096, 16384])
+    onnx_chunk: int = 2048  # prefill chunk (the engine's max_num_batched_tokens)
+    onnx_decodes: int = 16
 
 
 FULL = dict(decode_contexts=[1024, 4096, 16384, 65536], prefill_tokens=[1024, 2048, 4096, 8192, 16384],
             prefill_rows=64, reps=5, e2e_contexts=[512, 2048, 8192, 16384], e2e_steps=32, e2e_reps=3,
             serving_prompt_len=256, serving_concurrency=[1, 4, 16, 64], serving_long_prompt_len=4096,
             serving_long_concurrency=[1, 4, 16], serving_output_len=32, serving_reps=3, serving_prefill_len=8192,
-            serving_prefill_decodes=16, serving_chunk_tokens=512)
+            serving_prefill_decodes=16, serving_chunk_tokens=512, onnx_contexts=[512, 4096, 16384], onnx_chunk=2048,
+            onnx_decodes=16)
 QUICK = dict(decode_contexts=[1024, 4096, 16384], prefill_tokens=[1024, 4096], prefill_rows=16, reps=3,
              e2e_contexts=[256, 1024], e2e_steps=8, e2e_reps=2,
              serving_prompt_len=64, serving_concurrency=[1, 4], serving_long_prompt_len=512,
              serving_long_concurrency=[1, 2], serving_output_len=8, serving_reps=2, serving_prefill_len=1024,
-             serving_prefill_decodes=4, serving_chunk_tokens=128)
+             serving_prefill_decodes=4, serving_chunk_tokens=128, onnx_contexts=[128, 512], onnx_chunk=256,
+             onnx_decodes=4)
 
 
 def settings(quick: bool, **overrides) -> Settings:
@@ -117,6 +122,13 @@ def run(s: Settings, quick: bool = False, command: str = "dsa bench", log=_log) 
             device_profile=s.device_profile, log=log)
         torch.set_num_threads(threads)
         result["serving"]["load_after"] = load_average()
+    if "onnx" in s.sections:
+        from dsa.bench import onnx_runtime
+
+        log("[bench] onnx: onnxruntime over `dsa export onnx` vs the torch path")
+        result["onnx"] = onnx_runtime.run(s.onnx_contexts, s.onnx_chunk, s.onnx_decodes, threads, log)
+        torch.set_num_threads(threads)
+        result["onnx"]["load_after"] = load_average()
     result["targets"] = targets(result)
     result["machine"]["load_end"] = load_average()
     result["elapsed_s"] = time.perf_counter() - t0
@@ -212,6 +224,10 @@ def render(result: dict) -> str:
         parts += _render_cache(result["cache"])
     if "serving" in result:
         parts += _render_serving(result["serving"])
+    if "onnx" in result:
+        from dsa.bench.onnx_runtime import render as render_onnx
+
+        parts += render_onnx(result["onnx"])
     if result.get("targets"):
         parts += ["## Targets (shown, not asserted)", ""]
         rows = []
