@@ -14,7 +14,8 @@ count, row widths, dtype, context limit, eos). `onnx.checker.check_model` passes
 
 Refused with an InputError naming the option to change: a layout of more than one device (tp / ep / dp /
 nodes > 1), a device profile that is not a host (--device cpu), the packed fp8 KV cache
-(--kv-cache-dtype bf16), a compute dtype other than fp32 (--dtype fp32). The indexer's fp8 rounding and
+(--kv-cache-dtype bf16), a compute dtype other than fp32 or fp16 (bf16: --dtype fp32; fp16 is checked
+against fp32 in tests/onnx/test_fp16.py). The indexer's fp8 rounding and
 fp8 weights (--weights fp8) are exported faithfully (Cast to FLOAT8E4M3FN and back, in the graph; each op
 matches the torch provider, act_quant bit for bit: tests/onnx/test_hal_translations.py). At model level the
 fp8 weights' activation rounding amplifies fp32 summation-order noise: an element that lands on an fp8
@@ -39,7 +40,7 @@ from dsa.errors import InputError, OutputDirError
 DEFAULT_OPSET = 21
 MIN_OPSET = 19  # Cast to / from FLOAT8E4M3FN (dsa.hal.onnx_graph)
 MAX_OPSET = 23
-EXPORT_DTYPES = ("fp32",)  # bf16 MatMul / Gather are missing from onnxruntime's CPU provider; fp16 is not checked yet
+EXPORT_DTYPES = ("fp32", "fp16")  # bf16 MatMul / Gather are missing from onnxruntime's CPU provider
 MODEL_FILE, META_FILE = "model.onnx", "onnx.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
 SAMPLE_TOKENS, SAMPLE_PAST = 3, 5  # the traced shapes (not 0 or 1, which torch.export would specialise)
