@@ -45,7 +45,7 @@ def _size(path: Path) -> str:
 
 def cmd_export(args) -> int:
     from dsa.engine.args import EngineArgs
-    from dsa.onnx.export import META_FILE, MODEL_FILE, check_exportable, export_onnx
+    from dsa.onnx.export import META_FILE, MODEL_FILE, TOKENIZER_FILES, check_exportable, export_onnx
 
     require("onnx", "onnxscript", "onnxruntime")
     engine_args = EngineArgs.from_cli(args)
@@ -60,6 +60,11 @@ def cmd_export(args) -> int:
         if not (out / META_FILE).is_file():
             raise InputError(f"--out {out} is not an ONNX export of ours (no {META_FILE}); refusing to overwrite it "
                              "(remove it or choose another --out)")
+        ours = {MODEL_FILE, f"{MODEL_FILE}.data", META_FILE, "config.json", *TOKENIZER_FILES}
+        other = sorted(p.name for p in out.iterdir() if p.name not in ours or not p.is_file() or p.is_symlink())
+        if other:
+            raise InputError(f"--out {out} holds {other[0]}, which an export does not write; refusing to overwrite it "
+                             "(move it away or choose another --out)")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     t0 = time.perf_counter()

@@ -44,6 +44,16 @@ def test_run_onnx_streams_the_torch_paths_greedy_text(export_dir, capsys):
     assert "onnxruntime" in got.err
 
 
+def test_overwrite_refuses_an_export_holding_a_users_file(export_dir, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(export_dir, out)
+    (out / "notes.txt").write_text("mine")
+    assert main(["export", "onnx", "--out", str(out), "--overwrite"]) == 2
+    assert "notes.txt" in _one_error(capsys) and (out / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("argv, words", [
     (["run", "--onnx", "{export}", "--tp", "2"], ["--tp", "does not apply to --onnx"]),
     (["run", "--onnx", "{export}", "--model", "tiny"], ["--model", "export again"]),

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The GPU certification run (issue 16): one script for a bare machine with a fixed stack (the H200 of
+# docs/model-and-ops.md / SPEC 12: Python 3.12, torch 2.11 + CUDA, triton 3.6.0, safetensors, pyyaml, tokenizers,
+# jinja2, numpy, pytest; no network). Nothing is installed: the checkout runs from PYTHONPATH.
+#
+#     bash bench/gpu_check.sh OUT_DIR          # about 8 minutes at most; every stage has its own time box
+#
+# Stages (each time-boxed, so one failure or hang leaves the others running; each writes one log):
+#   env          versions (python, torch, triton, CUDA, driver via nvidia-smi), `dsa devices`
+#   conformance  `dsa conformance --device $DEVICE --provider triton torch` with the op cases on the GPU
+#                (DSA_TEST_DEVICE=cuda); report.json + report.md in OUT_DIR/conformance/
+#   model        the built-in trained model end to end on the GPU (`dsa run --device $DEVICE`, one GPU, greedy)
+#                against the same run on the CPU: the texts and whether they are identical
+#   gpu_ops      `python -m dsa.bench.gpu_ops`: Triton vs torch at the 671B shapes (TFLOP/s, GB/s, roofline)
+# OUT_DIR/summary.txt: one line per stage (exit status, seconds). At most 7 files in all.
+#
+# Environment: DSA_GPU_CHECK_DEVICE (profile, default h200), DSA_GPU_CHECK_QUICK=1 (conformance only the
+# indexer cases, gpu_ops skipped: the CPU smoke run of tests/unit/test_gpu_check.py), PYTHON (default python3).
+set -uo pipefail
+
+OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+DEVICE=${DSA_GPU_CHECK_DEVICE:-h200}
+QUICK=${DSA_GPU_CHECK_QUICK:-0}
+PROMPT='def read_config(path):'
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+cd "$REPO" || exit 2
+
+stage() {  # stage NAME SECONDS FUNCTION: run it time-boxed in its own bash, output to NAME.log, a summary line
+    local name=$1 limit=$2 fn=$3 start rc
+    start=$(date +%s)
+    timeout -k 10 "$limit" bash -c "$fn" > "$OUT/$name.log" 2>&1
+    rc=$?
+    local why=""
+    [ "$rc" -eq 124 ] && why=" (timed out after $limit s)"
+    echo "$name: exit $rc$why, $(( $(date +%s) - start )) s" | tee -a "$SUMMARY"
+}
+
+env_info() {
+    date -u
+    "$PY" - <<'EOF'
+import platform, sys
+print("python", sys.version.split()[0], platform.platform())
+for name in ("torch", "triton", "safetensors", "tokenizers", "numpy", "pytest", "transformers"):
+    try:
+        mod = __import__(name)
+        print(name, getattr(mod, "__version__", "?"))
+    except Exception as err:  # a missing package is a fact to report, not a failure of this stage
+        print(name, "not importable:", type(err).__name__, err)
+import torch
+print("cuda available", torch.cuda.is_available(), "| torch.version.cuda", torch.version.cuda,
+      "| hip", getattr(torch.version, "hip", None))
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("device 0:", p.name, f"sm{p.major}{p.minor}", f"{p.total_memory / 2**30:.0f} GiB")
+EOF
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    "$PY" -m dsa.cli devices
+}
+
+conformance() {
+    local k=()
+    [ "$QUICK" = 1 ] && k=(-k indexer)
+    local accel=cpu
+    "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' && accel=cuda
+    DSA_TEST_DEVICE=$accel "$PY" -m dsa.cli conformance --device "$DEVICE" --provider triton torch \
+        --report "$OUT/conformance" "${k[@]}"
+}
+
+model() {
+    local flags=(--temperature 0 --max-new-tokens 32 --raw --prompt "$PROMPT")
+    local single=()
+    [ "$DEVICE" != cpu ] && single=(--tp 1 --dp 1 --ep 1)
+    "$PY" -m dsa.cli run --device "$DEVICE" "${single[@]}" "${flags[@]}" > "$OUT/.model-gpu.txt" 2>&1
+    local rc_gpu=$?
+    "$PY" -m dsa.cli run --device cpu "${flags[@]}" > "$OUT/.model-cpu.txt" 2>&1
+    local rc_cpu=$?
+    echo "== --device $DEVICE (exit $rc_gpu)"; cat "$OUT/.model-gpu.txt"
+    echo "== --device cpu (exit $rc_cpu)"; cat "$OUT/.model-cpu.txt"
+    "$PY" - "$OUT/.model-gpu.txt" "$OUT/.model-cpu.txt" <<'EOF'
+import sys
+def text(path):  # the generated text: what comes before the stats line
+    lines = open(path, encoding="utf-8", errors="replace").read().splitlines()
+    return "\n".join(l for l in lines if not l.startswith("[")).strip()
+a, b = text(sys.argv[1]), text(sys.argv[2])
+same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+print(f"greedy agreement: {'identical' if a == b else f'first {same} characters identical'} ({len(a)} / {len(b)} chars)")
+EOF
+    rm -f "$OUT/.model-gpu.txt" "$OUT/.model-cpu.txt"
+    [ "$rc_gpu" -eq 0 ] && [ "$rc_cpu" -eq 0 ]
+}
+
+gpu_ops() {
+    if [ "$QUICK" = 1 ]; then
+        echo "skipped (DSA_GPU_CHECK_QUICK=1)"
+        return 0
+    fi
+    "$PY" -m dsa.bench.gpu_ops --budget 120
+}
+
+export OUT PY DEVICE QUICK PROMPT
+export -f env_info conformance model gpu_ops
+stage env 60 env_info
+stage conformance 210 conformance
+stage model 90 model
+stage gpu_ops 170 gpu_ops
+echo "results in $OUT"
+! grep -qv ": exit 0," "$SUMMARY"
