@@ -26,8 +26,14 @@ from dsa.conformance.inputs import quantize_rows, quantize_weight, randn, rng  #
 from dsa.conformance.reference.compare import assert_topk_equivalent  # noqa: E402
 from dsa.conformance.reference.ops import ref_indexer_scores, ref_topk_count  # noqa: E402
 
-FP8_MODES = [numerics.FP8_NATIVE, numerics.FP8_FNUZ, numerics.FP8_FP16, numerics.FP8_F32]
-MODE_IDS = ["native", "fnuz", "fp16", "f32"]
+# triton < 3.7 (3.6.0 is the H200 machine's) interprets no fp8e4b8, the fnuz format of MI300 ("fail to convert
+# fp8e4b8 to ir type"); compiled for gfx942 the path is unaffected (test_triton_compile.py).
+OLD_INTERPRETER = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
+FP8_MODES = [pytest.param(numerics.FP8_NATIVE, id="native"),
+             pytest.param(numerics.FP8_FNUZ, id="fnuz", marks=pytest.mark.skipif(
+                 OLD_INTERPRETER, reason=f"triton {triton.__version__}'s interpreter has no fp8e4b8 (fnuz); "
+                                         "triton >= 3.7 interprets it, gfx942 compiles it")),
+             pytest.param(numerics.FP8_FP16, id="fp16"), pytest.param(numerics.FP8_F32, id="f32")]
 
 
 @triton.jit
@@ -64,7 +70,7 @@ def test_rounding_matches_torch_bit_for_bit():
     assert torch.equal(e4m3.float(), expect)  # value compare: +0 == -0
 
 
-@pytest.mark.parametrize("mode", FP8_MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", FP8_MODES)
 def test_fp8_operand_decodes_every_code(mode):
     bits = torch.arange(256, dtype=torch.int32).to(torch.uint8)
     out = torch.empty(256)
@@ -75,7 +81,7 @@ def test_fp8_operand_decodes_every_code(mode):
     assert torch.equal(out[finite] * scale, expect[finite])
 
 
-@pytest.mark.parametrize("mode", FP8_MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", FP8_MODES)
 def test_grouped_gemm_each_fp8_path(monkeypatch, mode):
     monkeypatch.setattr(gg, "fp8_mode", lambda device: mode)
     g = rng(1)
@@ -91,7 +97,7 @@ def test_grouped_gemm_each_fp8_path(monkeypatch, mode):
     assert torch.count_nonzero(y[sum(sizes):].float()) == 0
 
 
-@pytest.mark.parametrize("mode", FP8_MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("mode", FP8_MODES)
 def test_indexer_gpu_tiling_each_fp8_path(monkeypatch, mode):
     """One query per program (the GPU tiling): windows of packed decode sequences and causal prefill."""
     monkeypatch.setattr(indexer, "fp8_mode", lambda device: mode)
