@@ -67,6 +67,15 @@ def sparse_mla_prefill_cost(tokens: int, context: int, topk: int = TOPK) -> Cost
     return sparse_mla_cost(tokens, min(context, tokens * topk), TOKEN_BYTES["bf16"], topk=topk)
 
 
+def dense_decode_cost(batch: int, context: int, heads: int = HEADS) -> Cost:
+    """The dense baseline of a decode step: every head of every sequence attends to all `context` latent rows
+    (QK^T over 576 dims, PV over 512: MLA's absorbed form, as one shared key / value head). Bytes: the whole bf16
+    cache of the batch, q and out."""
+    flops = 2.0 * batch * heads * context * (D_QK + D_V)
+    moved = batch * context * D_QK * 2 + batch * heads * (D_QK + D_V) * 2
+    return Cost(flops, moved)
+
+
 def causal_pairs(tokens: int, context: int) -> int:
     """Visible (query, key) pairs of the last `tokens` positions of a `context`-long sequence."""
     return tokens * (context - tokens) + tokens * (tokens + 1) // 2

@@ -12,7 +12,9 @@
    top-k 2048, contexts 4K..128K; indexer 64 x 128; MoE 256 experts, 7168 / 2048). Each row prints
    achieved TFLOP/s and GB/s, the roofline floor (max of FLOPs / peak and bytes / bandwidth, from the
    cost functions of dsa/bench/gpu_costs.py, which the unit tests check) and the same op from the vendor providers
-   (flashmla, deepgemm, aiter) where they are importable here.
+   (flashmla, deepgemm, aiter) where they are importable here. The dense baseline (`dense_attention` rows:
+   torch's SDPA of a decode batch over every cached token, bf16) is timed next to the sparse decode and the
+   indexer at the same contexts.
 Needs a CUDA or ROCm GPU; exits with a message otherwise.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ from dsa.bench.gpu_costs import (  # the 671B dimensions and the cost arithmetic
     act_quant_cost,
     causal_pairs,
     cdiv,
+    dense_decode_cost,
     fp8_linear_cost,
     grouped_gemm_cost,
     indexer_cost,
@@ -252,6 +255,22 @@ class Case:
     label: str
     make: Callable[[], tuple]
     cost: Callable[[tuple], Cost]
+    fn: Optional[Callable] = None  # a baseline outside the HAL (no provider): timed as is
+
+
+def dense_decode_inputs(torch, inp, batch: int, context: int) -> tuple:
+    """q [B, H, 1, 576] and the whole latent cache [B, 1, ctx, 576] (bf16): MLA's absorbed form as one shared
+    key / value head; the value is the first 512 dims."""
+    q = inp.randn(batch, HEADS, 1, D_QK, dtype=torch.bfloat16)
+    kv = inp.randn(batch, 1, context, D_QK, dtype=torch.bfloat16)
+    return q, kv
+
+
+def dense_decode(q, kv):
+    """The dense baseline: torch's scaled_dot_product_attention over every cached token."""
+    import torch.nn.functional as F
+
+    return F.scaled_dot_product_attention(q, kv, kv[..., :D_V], scale=D_QK**-0.5, enable_gqa=True)
 
 
 def timing_cases(torch, inp: Inputs) -> list[Case]:
@@ -261,6 +280,10 @@ def timing_cases(torch, inp: Inputs) -> list[Case]:
             cases.append(Case("sparse_mla_decode", f"B{DECODE_BATCH} ctx {ctx // 1024}K {cache} cache",
                               lambda c=ctx, k=cache: inp.sparse_decode(DECODE_BATCH, c, k),
                               lambda a, c=ctx, k=cache: sparse_mla_decode_cost(DECODE_BATCH, c, k)))
+    for ctx in CONTEXTS:  # the dense baseline the sparse decode and the indexer are compared with
+        cases.append(Case("dense_attention", f"SDPA B{DECODE_BATCH} ctx {ctx // 1024}K bf16, all tokens",
+                          lambda c=ctx: dense_decode_inputs(torch, inp, DECODE_BATCH, c),
+                          lambda a, c=ctx: dense_decode_cost(DECODE_BATCH, c), fn=dense_decode))
     for ctx in CONTEXTS:
         cases.append(Case("sparse_mla_prefill", f"T{PREFILL_CHUNK} ctx {ctx // 1024}K",
                           lambda c=ctx: inp.sparse_prefill(PREFILL_CHUNK, c),
@@ -319,6 +342,19 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
             args = case.make()
         except torch.cuda.OutOfMemoryError:
             print(f"{case.op:18} {case.label:34} skipped: inputs do not fit in GPU memory")
+            continue
+        if case.fn is not None:  # a baseline (dense attention): no provider, no vendor columns
+            try:
+                ms = _time_ms(case.fn, args)
+            except Exception as err:  # e.g. out of memory at 128K: the table goes on
+                print(f"{case.op:18} {case.label:34} failed: {type(err).__name__}: {str(err)[:80]}")
+                del args
+                torch.cuda.empty_cache()
+                continue
+            tflops, gbs = case.cost(args).achieved(ms / 1e3)
+            print(f"{case.op:18} {case.label:34} {ms:8.3f} {tflops:8.1f} {gbs:7.0f}  (baseline)")
+            del args
+            torch.cuda.empty_cache()
             continue
         tri = registry.get(case.op, "triton")
         reason = tri.supports_args(*args)

@@ -33,6 +33,14 @@ def test_sparse_mla_decode_cost(bench):
     assert not c.fp8  # attention math is bf16 even over an fp8 cache
 
 
+def test_dense_decode_cost(bench):
+    c = bench.dense_decode_cost(64, 65536)
+    assert c.flops == 2.0 * 64 * 128 * 65536 * (576 + 512)
+    assert c.bytes == 64 * 65536 * 576 * 2 + 64 * 128 * (576 + 512) * 2  # the whole bf16 cache, q and out
+    sparse = bench.sparse_mla_decode_cost(64, 65536, "bf16")
+    assert c.bytes / sparse.bytes > 25 and c.flops / sparse.flops == 32  # 64K / top-k 2048
+
+
 def test_sparse_mla_prefill_cost(bench):
     c = bench.sparse_mla_prefill_cost(tokens=4096, context=4096)
     assert c.flops == 2 * 4096 * 128 * 2048 * 1088
@@ -90,3 +98,15 @@ def test_exits_with_a_message_without_gpu():
                        text=True, env=env, timeout=120)
     assert r.returncode != 0
     assert "needs a CUDA or ROCm GPU" in r.stderr
+
+
+def test_dense_baseline_is_attention_over_every_token():
+    """The dense row of the timing table (SDPA, one shared latent head) computes MLA's absorbed attention."""
+    import torch
+
+    from dsa.bench.gpu_ops import dense_decode
+
+    g = torch.Generator().manual_seed(0)
+    q, kv = torch.randn(2, 8, 1, 576, generator=g), torch.randn(2, 1, 100, 576, generator=g)
+    ref = torch.softmax((q.double() @ kv.double().transpose(-1, -2)) * 576**-0.5, -1) @ kv.double()[..., :512]
+    torch.testing.assert_close(dense_decode(q, kv).double(), ref, atol=1e-5, rtol=1e-5)
