@@ -45,32 +45,18 @@ def _size(path: Path) -> str:
 
 def cmd_export(args) -> int:
     from dsa.engine.args import EngineArgs
-    from dsa.onnx.export import META_FILE, MODEL_FILE, TOKENIZER_FILES, check_exportable, export_onnx
+    from dsa.onnx.export import MODEL_FILE, check_exportable, check_out_dir, export_onnx
 
     require("onnx", "onnxscript", "onnxruntime")
-    engine_args = EngineArgs.from_cli(args)
-    check_exportable(engine_args.replace(device=args.device), args.opset)  # every refusal before any work
+    engine_args = EngineArgs.from_cli(args).replace(device=args.device)
+    check_exportable(engine_args, args.opset)  # every refusal before any work
     out = args.out.expanduser()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite:
-            raise InputError(f"--out {out} is not empty; pass --overwrite to replace an export there, or choose "
-                             "another --out")
-        if not (out / META_FILE).is_file():
-            raise InputError(f"--out {out} is not an ONNX export of ours (no {META_FILE}); refusing to overwrite it "
-                             "(remove it or choose another --out)")
-        ours = {MODEL_FILE, f"{MODEL_FILE}.data", META_FILE, "config.json", *TOKENIZER_FILES}
-        other = sorted(p.name for p in out.iterdir() if p.name not in ours or not p.is_file() or p.is_symlink())
-        if other:
-            raise InputError(f"--out {out} holds {other[0]}, which an export does not write; refusing to overwrite it "
-                             "(move it away or choose another --out)")
+    check_out_dir(out, args.overwrite)  # before any work; the export itself goes to a sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     t0 = time.perf_counter()
     try:
-        export_onnx(engine_args.replace(device=args.device), partial, opset=args.opset, overwrite=False,
-                    progress=None)
+        export_onnx(engine_args, partial, opset=args.opset, overwrite=False, progress=None)
         if out.exists():
             shutil.rmtree(out)
         partial.rename(out)

@@ -97,15 +97,29 @@ def _sample_inputs(config, dtype: torch.dtype) -> tuple:
     return ids, positions, tuple(past)
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an --out the export must not replace: not a directory, not empty without `overwrite`, not an export
+    of ours, or holding a file an export does not write (a user's file is never deleted)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirError(f"{out_dir} exists and is not a directory; choose another --out")
+        raise OutputDirError(f"--out {out_dir} exists and is not a directory; choose another --out")
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        return
+    if not overwrite:
+        raise OutputDirError(f"--out {out_dir} is not empty; pass --overwrite to replace an export there, or choose "
+                             "another --out")
+    if not (out_dir / META_FILE).is_file():
+        raise OutputDirError(f"--out {out_dir} is not an ONNX export of ours (no {META_FILE}); refusing to "
+                             "overwrite it (remove it or choose another --out)")
+    ours = {MODEL_FILE, f"{MODEL_FILE}.data", META_FILE, "config.json", *TOKENIZER_FILES}
+    other = sorted(p.name for p in out_dir.iterdir() if p.name not in ours or not p.is_file() or p.is_symlink())
+    if other:
+        raise OutputDirError(f"--out {out_dir} holds {other[0]}, which an export does not write; refusing to "
+                             "overwrite it (move it away or choose another --out)")
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    check_out_dir(out_dir, overwrite)
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise OutputDirError(f"{out_dir} is not empty; pass --overwrite to replace it, or choose another --out")
-        if not (out_dir / META_FILE).is_file():
-            raise OutputDirError(f"--out {out_dir} is not an ONNX export of ours (no {META_FILE}); refusing to "
-                                 "overwrite it (remove it or choose another --out)")
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
