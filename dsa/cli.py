@@ -58,6 +58,9 @@ _ENGINE_FLAG_OPTIONS = {
                        "(default: from --kv-cache-memory or the plan)"),
     "kv_cache_memory": dict(type=float, metavar="GIB", help="GiB for the KV + index cache per DP group (default: "
                             "what the plan leaves after weights; on a CPU host at most 1)"),
+    "enforce_eager": dict(action="store_true", default=None,
+                          help="never capture decode steps in CUDA graphs (default: capture on CUDA when every "
+                          "chosen provider is capturable)"),
 }
 PLAN_FIELDS = ("model", "device", "dtype", "kv_cache_dtype", "weights", "page_size", "tp", "ep", "dp_attention",
                "nodes")

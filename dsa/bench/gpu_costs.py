@@ -9,7 +9,7 @@ HEADS, D_QK, D_V, ROPE, TOPK = 128, 576, 512, 64, 2048
 INDEX_HEADS, INDEX_DIM = 64, 128
 HIDDEN, MOE_INTER, EXPERTS, EXPERTS_PER_TOKEN = 7168, 2048, 256, 8
 TOKEN_BYTES = {"bf16": 2 * D_QK, "fp8": 656}  # latent-cache bytes per token (docs/model-and-ops.md 4)
-CONTEXTS = (4096, 32768, 131072)
+CONTEXTS = (4096, 32768, 65536, 131072)  # 64K: where issue 16's targets are measured
 DECODE_BATCH = 64  # sequences per decode step (one DP-attention rank)
 PREFILL_CHUNK = 4096  # query tokens per prefill call
 

@@ -139,21 +139,21 @@ class Inputs:
         idx = self.selection(batch, context, TOPK).view(batch, 1, TOPK)
         return (q, kv, table, seq_lens, idx, D_QK**-0.5, D_V)
 
-    def indexer(self, queries: int, keys: int, starts, ends):
+    def indexer(self, queries: int, keys: int, starts, ends, max_visible: int):
         q8, q_scale = self.quant_rows(self.randn(queries, INDEX_HEADS, INDEX_DIM), INDEX_DIM)
         k8, k_scale = self.quant_rows(self.randn(keys, INDEX_DIM), INDEX_DIM)
         w = self.randn(queries, INDEX_HEADS) * INDEX_HEADS**-0.5 * INDEX_DIM**-0.5 * q_scale[..., 0]
-        return (q8, w, k8, k_scale[:, 0].contiguous(), starts, ends, TOPK)
+        return (q8, w, k8, k_scale[:, 0].contiguous(), starts, ends, TOPK, max_visible)
 
     def indexer_decode(self, batch: int, context: int):
         torch = self.torch
         starts = torch.arange(batch, device="cuda", dtype=torch.int32) * context
-        return self.indexer(batch, batch * context, starts, starts + context)
+        return self.indexer(batch, batch * context, starts, starts + context, context)
 
     def indexer_prefill(self, tokens: int, context: int):
         torch = self.torch
         ends = torch.arange(context - tokens + 1, context + 1, device="cuda", dtype=torch.int32)
-        return self.indexer(tokens, context, torch.zeros_like(ends), ends)
+        return self.indexer(tokens, context, torch.zeros_like(ends), ends, context)
 
     def grouped(self, rows: int, n: int, k: int, fp8: bool, pad: int = 0):
         torch = self.torch
@@ -188,7 +188,7 @@ def _topk_check(torch, idx, args) -> str:
     """Tie-aware: every triton pick scores >= every visible key it left out (torch provider's scores)."""
     from dsa.backends.torch.indexer import scores
 
-    q, w, k, ks, starts, ends, topk = args
+    q, w, k, ks, starts, ends, topk, _ = args
     sc = scores(q, w, k.float(), ks, starts, ends)  # [T, S]
     picked = torch.zeros_like(sc, dtype=torch.bool)
     valid = idx >= 0
@@ -256,6 +256,7 @@ class Case:
     make: Callable[[], tuple]
     cost: Callable[[tuple], Cost]
     fn: Optional[Callable] = None  # a baseline outside the HAL (no provider): timed as is
+    key: Optional[tuple] = None  # (what, context) of the decode rows ratio_lines compares
 
 
 def dense_decode_inputs(torch, inp, batch: int, context: int) -> tuple:
@@ -279,11 +280,13 @@ def timing_cases(torch, inp: Inputs) -> list[Case]:
         for cache in ("bf16", "fp8"):
             cases.append(Case("sparse_mla_decode", f"B{DECODE_BATCH} ctx {ctx // 1024}K {cache} cache",
                               lambda c=ctx, k=cache: inp.sparse_decode(DECODE_BATCH, c, k),
-                              lambda a, c=ctx, k=cache: sparse_mla_decode_cost(DECODE_BATCH, c, k)))
+                              lambda a, c=ctx, k=cache: sparse_mla_decode_cost(DECODE_BATCH, c, k),
+                              key=(f"sparse_{cache}", ctx)))
     for ctx in CONTEXTS:  # the dense baseline the sparse decode and the indexer are compared with
         cases.append(Case("dense_attention", f"SDPA B{DECODE_BATCH} ctx {ctx // 1024}K bf16, all tokens",
                           lambda c=ctx: dense_decode_inputs(torch, inp, DECODE_BATCH, c),
-                          lambda a, c=ctx: dense_decode_cost(DECODE_BATCH, c), fn=dense_decode))
+                          lambda a, c=ctx: dense_decode_cost(DECODE_BATCH, c), fn=dense_decode,
+                          key=("dense", ctx)))
     for ctx in CONTEXTS:
         cases.append(Case("sparse_mla_prefill", f"T{PREFILL_CHUNK} ctx {ctx // 1024}K",
                           lambda c=ctx: inp.sparse_prefill(PREFILL_CHUNK, c),
@@ -291,7 +294,8 @@ def timing_cases(torch, inp: Inputs) -> list[Case]:
     for ctx in CONTEXTS:
         cases.append(Case("indexer_topk", f"decode B{DECODE_BATCH} ctx {ctx // 1024}K",
                           lambda c=ctx: inp.indexer_decode(DECODE_BATCH, c),
-                          lambda a, c=ctx: indexer_cost(DECODE_BATCH, DECODE_BATCH * c, DECODE_BATCH * c)))
+                          lambda a, c=ctx: indexer_cost(DECODE_BATCH, DECODE_BATCH * c, DECODE_BATCH * c),
+                          key=("indexer", ctx)))
         cases.append(Case("indexer_topk", f"prefill T{PREFILL_CHUNK} ctx {ctx // 1024}K",
                           lambda c=ctx: inp.indexer_prefill(PREFILL_CHUNK, c),
                           lambda a, c=ctx: indexer_cost(PREFILL_CHUNK, c, causal_pairs(PREFILL_CHUNK, c))))
@@ -317,6 +321,29 @@ def timing_cases(torch, inp: Inputs) -> list[Case]:
     return cases
 
 
+def ratio_lines(times: dict[tuple, float], floors: dict[tuple, float]) -> list[str]:
+    """The decode comparison the targets name, per context: dense attention (SDPA over every token) vs the
+    indexer + top-k and vs indexer + sparse MLA, from the timed rows (times / roofline floors in ms by
+    Case.key). A row that was not timed shows as '-'."""
+    def ms(key):
+        return f"{times[key]:8.3f}" if key in times else f"{'-':>8}"
+
+    def ratio(a, b):
+        return f"{times[a] / times[b]:7.1f}x" if a in times and b in times else f"{'-':>8}"
+
+    out = [f"{'ctx':>5} {'dense ms':>8} {'indexer':>8} {'dense/idx':>9} {'sparse bf16':>11} {'% roof':>6} "
+           f"{'sparse fp8':>10} {'% roof':>6} {'dense/(idx+bf16)':>16}"]
+    for ctx in sorted({c for _, c in times}):
+        d, i, sb, sf = ("dense", ctx), ("indexer", ctx), ("sparse_bf16", ctx), ("sparse_fp8", ctx)
+        pct = {k: (f"{100 * floors[k] / times[k]:5.0f}%" if k in times and k in floors else f"{'-':>6}")
+               for k in (sb, sf)}
+        both = (f"{times[d] / (times[i] + times[sb]):15.1f}x" if all(k in times for k in (d, i, sb))
+                else f"{'-':>16}")
+        out.append(f"{ctx // 1024:4}K {ms(d)} {ms(i)} {ratio(d, i):>9} {ms(sb):>11} {pct[sb]} {ms(sf):>10} "
+                   f"{pct[sf]} {both}")
+    return out
+
+
 def _time_ms(fn, args) -> float:
     import triton.testing
 
@@ -332,6 +359,8 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
     print("-" * len(head))
     t_start = time.time()
     absent: dict[str, str] = {}  # vendor -> why it has no column (first reason seen)
+    times: dict[tuple, float] = {}  # Case.key -> ms (the decode rows ratio_lines compares)
+    floors: dict[tuple, float] = {}
     for case in timing_cases(torch, inp):
         if only not in case.op:
             continue
@@ -353,6 +382,8 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
                 continue
             tflops, gbs = case.cost(args).achieved(ms / 1e3)
             print(f"{case.op:18} {case.label:34} {ms:8.3f} {tflops:8.1f} {gbs:7.0f}  (baseline)")
+            if case.key:
+                times[case.key] = ms
             del args
             torch.cuda.empty_cache()
             continue
@@ -364,9 +395,13 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
         ms = _time_ms(tri.fn, args)
         cost = case.cost(args)
         tflops, gbs = cost.achieved(ms / 1e3)
+        if case.key:
+            times[case.key] = ms
         if peak is not None:
             floor = cost.floor_seconds(peak) * 1e3
             floor_txt = f"{floor:9.3f} {100 * floor / ms:6.0f}%"
+            if case.key:
+                floors[case.key] = floor
         else:
             floor_txt = f"{'n/a':>9} {'':>7}"
         vendors = []
@@ -388,6 +423,9 @@ def run_timing(torch, only: str, peak: Optional[Peak], budget_s: float) -> None:
         torch.cuda.empty_cache()
     for name, why in absent.items():
         print(f"  {name} missing from some rows, e.g. {why}")
+    print(f"\n== decode B{DECODE_BATCH}: dense attention vs the indexer and the sparse MLA (targets at 64K: "
+          "dense/idx >= 8x, sparse decode >= 50% of its roofline floor)")
+    print("\n".join(ratio_lines(times, floors)))
 
 
 def main(argv: Optional[list[str]] = None) -> int:

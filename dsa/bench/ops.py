@@ -138,7 +138,7 @@ class DecodeCase:
 
         t0 = time.perf_counter()
         idx = _call("indexer_topk", provider, self.q_index, self.weights, self.keys, self.key_scales, self.starts,
-                    self.ends, self.sh.topk)  # [1, K] positions (one sequence: packed rows = positions)
+                    self.ends, self.sh.topk, self.S)  # [1, K] positions (one sequence: packed rows = positions)
         sync(self.q.device)
         t1 = time.perf_counter()
         _call("sparse_mla_decode", provider, self.q, self.cache, self.block_table, self.seq_lens, idx.unsqueeze(0),
@@ -194,7 +194,7 @@ class PrefillCase:
 
         t0 = time.perf_counter()
         idx = _call("indexer_topk", provider, self.q_index, self.weights, self.keys, self.key_scales, self.starts,
-                    self.ends, self.sh.topk)
+                    self.ends, self.sh.topk, self.T)
         sync(self.q.device)
         t1 = time.perf_counter()
         _call("sparse_mla_prefill", provider, self.q, self.kv, idx, self.sh.sm_scale, self.sh.latent)

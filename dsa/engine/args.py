@@ -51,6 +51,7 @@ FLAGS = {
     "enable_chunked_prefill": ("--enable-chunked-prefill",),
     "num_blocks": ("--num-blocks", "--num-gpu-blocks-override"),
     "kv_cache_memory": ("--kv-cache-memory",),
+    "enforce_eager": ("--enforce-eager",),
 }
 # The KV + index cache of a host (platform cpu) run when neither --num-blocks nor --kv-cache-memory is given:
 # at most this many GiB (vLLM's CPU backend defaults to 4 GiB; ours are small models), and never more than
@@ -72,7 +73,8 @@ class EngineArgs:
     Serving (vLLM's names): max_num_seqs requests and max_num_batched_tokens tokens per step;
     enable_prefix_caching reuses the cache blocks of shared prompt prefixes; enable_chunked_prefill splits
     long prompts over steps. The cache: num_blocks blocks of page_size tokens, or kv_cache_memory GiB, or
-    (neither) what the plan leaves (on a host: at most HOST_KV_CACHE_GIB).
+    (neither) what the plan leaves (on a host: at most HOST_KV_CACHE_GIB). enforce_eager: never replay decode
+    steps from CUDA graphs (by default they are captured on CUDA when every chosen provider is capturable).
     """
 
     model: Optional[str] = None
@@ -94,6 +96,7 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     num_blocks: Optional[int] = None
     kv_cache_memory: Optional[float] = None
+    enforce_eager: bool = False
 
     def __post_init__(self):
         if self.model is not None:
@@ -124,7 +127,7 @@ class EngineArgs:
         _integer("max_num_seqs", self.max_num_seqs, low=1, high=(1 << 20) + 1)
         _integer("max_num_batched_tokens", self.max_num_batched_tokens, low=1, high=(1 << 24) + 1)
         _integer("num_blocks", self.num_blocks, low=1, high=(1 << 31))
-        for name in ("enable_prefix_caching", "enable_chunked_prefill"):
+        for name in ("enable_prefix_caching", "enable_chunked_prefill", "enforce_eager"):
             if not isinstance(getattr(self, name), bool):
                 raise _bad(name, getattr(self, name), "True or False")
         mem = self.kv_cache_memory
@@ -268,7 +271,8 @@ class EngineSetup:
         return Engine(model, self.config, page_size=plan.page_size, kv_cache_dtype=plan.kv_cache_dtype,
                       dtype=self.dtype, indexer_fp8=self.args.indexer_fp8, max_seq_len=self.max_seq_len,
                       eos_token_ids=tuple(eos_token_ids), num_blocks=self.num_blocks,
-                      scheduler=self.scheduler_config(), enable_prefix_caching=self.args.enable_prefix_caching)
+                      scheduler=self.scheduler_config(), enable_prefix_caching=self.args.enable_prefix_caching,
+                      cuda_graphs=not self.args.enforce_eager)
 
 
 def _where(name: str) -> str:

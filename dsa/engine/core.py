@@ -12,18 +12,23 @@ does so for the server).
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Optional, Sequence
 
 import torch
 
 from dsa.engine.block_manager import BlockManager
+from dsa.engine.cuda_graphs import DecodeGraphs, capture_sizes
+from dsa.engine.cuda_graphs import unavailable as cuda_graphs_unavailable
 from dsa.engine.request import Request, RequestOutput, Status, check_prompt_fits
 from dsa.engine.runner import ModelRunner
 from dsa.engine.sampling import SamplingParams
 from dsa.engine.scheduler import Scheduler, SchedulerConfig
 from dsa.errors import InputError
 from dsa.model.cache import PagedCache
+
+log = logging.getLogger("dsa.engine")
 
 
 class EngineCore:
@@ -42,6 +47,7 @@ class EngineCore:
         device: Optional[torch.device] = None,
         scheduler: SchedulerConfig = SchedulerConfig(),
         enable_prefix_caching: bool = True,
+        cuda_graphs: bool = True,
     ):
         self.config, self.page_size, self.max_seq_len = config, page_size, max_seq_len
         self.eos_token_ids = tuple(eos_token_ids)
@@ -54,15 +60,39 @@ class EngineCore:
             raise InputError(f"the KV cache has {num_blocks} blocks of {page_size} tokens ({num_blocks * page_size} "
                              f"tokens) but one sequence of the context ({max_seq_len}) needs {per_seq}; give the cache "
                              "more memory (--kv-cache-memory / --num-blocks) or lower --max-seq-len")
-        self.cache = PagedCache(config, num_blocks=num_blocks, page_size=page_size, kv_cache_dtype=kv_cache_dtype,
-                                dtype=dtype, indexer_fp8=indexer_fp8, device=device)
+        # decode under CUDA graphs (dsa.engine.cuda_graphs) where it can be captured; their padding rows write to
+        # one scratch block past the ones the block manager hands out
+        self.eager_reason = cuda_graphs_unavailable(model, device) if cuda_graphs else "enforce_eager is set"
+        scratch = 1 if self.eager_reason is None else 0
+        self.cache = PagedCache(config, num_blocks=num_blocks + scratch, page_size=page_size,
+                                kv_cache_dtype=kv_cache_dtype, dtype=dtype, indexer_fp8=indexer_fp8, device=device)
         self.blocks = BlockManager(num_blocks, page_size, enable_prefix_caching)
         self.scheduler = Scheduler(scheduler, self.blocks)
-        self.runner = ModelRunner(model, self.cache, device)
+        graphs = self._capture(model, scheduler.max_num_seqs, per_seq, num_blocks) if scratch else None
+        if graphs is None and cuda_graphs and device.type == "cuda":
+            log.warning("decode runs eagerly: %s", self.eager_reason)
+        self.runner = ModelRunner(model, self.cache, device, graphs)
         self.requests: dict[str, Request] = {}
         self.num_steps = 0
         self.num_prompt_tokens_computed = 0  # prompt (prefill) tokens run through the model
         self.num_generated_tokens = 0
+
+    def _capture(self, model, max_num_seqs: int, max_blocks: int, scratch_block: int) -> Optional[DecodeGraphs]:
+        key_bytes = self.cache.index_k[0].element_size() * self.config.index_head_dim + 4  # key + its scale
+        sizes = capture_sizes(max_num_seqs, max_blocks, self.page_size, key_bytes)
+        if not sizes:
+            self.eager_reason = (f"one sequence's gathered index keys ({max_blocks * self.page_size} tokens) exceed "
+                                 "the capture workspace budget")
+            return None
+        graphs = DecodeGraphs(model, self.cache, sizes=sizes, max_blocks=max_blocks, scratch_block=scratch_block,
+                              device=self.device)
+        try:
+            graphs.capture()
+        except Exception as e:  # a provider that syncs after all, out of memory, a driver without graphs
+            self.eager_reason = f"capturing the decode step failed: {type(e).__name__}: {e}"
+            return None
+        log.info("decode: CUDA graphs captured for batch sizes %s", ", ".join(map(str, sizes)))
+        return graphs
 
     @property
     def model(self):

@@ -62,6 +62,7 @@ class Engine:
     num_blocks: Optional[int] = None  # None: DEFAULT_SEQUENCES full contexts
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     enable_prefix_caching: bool = True
+    cuda_graphs: bool = True  # capture decode steps where possible (dsa.engine.cuda_graphs)
     last_stats: GenerationStats = field(default_factory=GenerationStats)
 
     def __post_init__(self):
@@ -75,7 +76,7 @@ class Engine:
             self.model, self.config, page_size=self.page_size, num_blocks=self.num_blocks,
             max_seq_len=self.max_seq_len, kv_cache_dtype=self.kv_cache_dtype, dtype=self.dtype,
             indexer_fp8=self.indexer_fp8, eos_token_ids=self.eos_token_ids, device=self.device,
-            scheduler=self.scheduler, enable_prefix_caching=self.enable_prefix_caching,
+            scheduler=self.scheduler, enable_prefix_caching=self.enable_prefix_caching, cuda_graphs=self.cuda_graphs,
         )
         self.device = self.core.device
         self.cache, self.blocks = self.core.cache, self.core.blocks

@@ -3,7 +3,8 @@
 The step's requests become one ragged `Batch` (decode rows and prefill chunks together; the tokens of
 request b are positions num_computed .. num_computed + n - 1 of its sequence), the model runs once and
 returns the last row's logits of each request. Only requests whose pending tokens are all computed by
-this step (a decode row, or the last chunk of a prompt) sample a token.
+this step (a decode row, or the last chunk of a prompt) sample a token. A step of decode rows only
+replays a captured CUDA graph when the engine captured them (dsa.engine.cuda_graphs).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from dsa.engine.cuda_graphs import DecodeGraphs
 from dsa.engine.request import Request
 from dsa.engine.sampling import TokenLogprob, logprobs_of, sample_batch
 from dsa.engine.scheduler import StepPlan
@@ -18,8 +20,9 @@ from dsa.model.cache import Batch, PagedCache
 
 
 class ModelRunner:
-    def __init__(self, model, cache: PagedCache, device: torch.device):
+    def __init__(self, model, cache: PagedCache, device: torch.device, graphs: Optional[DecodeGraphs] = None):
         self.model, self.cache, self.device = model, cache, device
+        self.graphs = graphs  # captured decode steps (dsa.engine.cuda_graphs), or None: every step eager
         self.shared_generator = torch.Generator()  # noise of the requests without a seed
         self.shared_generator.seed()
 
@@ -27,6 +30,11 @@ class ModelRunner:
     def run(self, plan: StepPlan) -> tuple[list[Request], list[int], list[Optional[TokenLogprob]]]:
         """Compute the plan's tokens; returns the requests that sampled, their tokens and logprobs."""
         reqs, num_new = plan.requests, plan.num_new
+        if self.graphs is not None and len(reqs) <= self.graphs.max_size and all(
+                n == 1 and r.num_computed + 1 == r.num_tokens for r, n in zip(reqs, num_new)):
+            logits = self.graphs.run([r.token_ids[r.num_computed] for r in reqs], [r.num_tokens for r in reqs],
+                                     [r.blocks for r in reqs])  # [B, vocab]: every row samples
+            return self._sample(reqs, logits.float().cpu())
         ids: list[int] = []
         for req, n in zip(reqs, num_new):
             ids += req.token_ids[req.num_computed:req.num_computed + n]
@@ -38,11 +46,14 @@ class ModelRunner:
         if not rows:
             return [], [], []
         logits = logits[torch.tensor(rows, device=logits.device)].float().cpu()  # sampling runs on the host
-        sampled = [reqs[b] for b in rows]
+        return self._sample([reqs[b] for b in rows], logits)
+
+    def _sample(self, sampled: list[Request], logits) -> tuple[list[Request], list[int], list[Optional[TokenLogprob]]]:
+        """Tokens (and logprobs where asked) of the requests that sample, from their logits [n, vocab] on the host."""
         tokens = sample_batch(logits, [r.params for r in sampled], [r.generator for r in sampled],
                               self.shared_generator)
         wants = [r.params.logprobs for r in sampled]
-        logprobs: list[Optional[TokenLogprob]] = [None] * len(rows)
+        logprobs: list[Optional[TokenLogprob]] = [None] * len(sampled)
         if any(w is not None for w in wants):
             got = logprobs_of(logits, tokens, [w or 0 for w in wants])
             logprobs = [g if w is not None else None for g, w in zip(got, wants)]

@@ -10,14 +10,16 @@ from dsa.hal.library import hal_op
 
 
 def _fake(
-    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int, provider: str
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+    max_visible: Optional[int], provider: str,
 ):
     return q.new_empty((q.shape[0], topk), dtype=torch.int32)
 
 
 @hal_op(_fake)
 def indexer_topk(
-    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int, provider: str
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+    max_visible: Optional[int], provider: str,
 ) -> Tensor:
     """Score every visible key for every query and return the positions of the best `topk`.
 
@@ -28,6 +30,12 @@ def indexer_topk(
     k_scale  [S]        float32 (ones for an unquantised k)
     starts, ends [T]    int32: key s is visible to query t iff starts[t] <= s < ends[t]
                         (causality and sequence boundaries are expressed through these)
+    max_visible         a host-side bound: no query sees more keys (ends[t] - starts[t] <= max_visible),
+                        e.g. the batch's longest sequence. Providers size their score windows by it
+                        instead of reading starts / ends back from the device, so the call does not
+                        sync and a CUDA graph can capture it. None: the provider finds the width itself
+                        (one device-to-host read). A query that sees more keys than the bound is outside
+                        the contract (providers that read starts / ends anyway reject it).
 
     score[t, s] = k_scale[s] * sum_h weights[t, h] * relu(q[t, h] . k[s])   (fp32), for visible s.
 
@@ -42,7 +50,7 @@ def onnx_translation():
     imports onnxscript (the `onnx` extra) only when asked."""
     from dsa.hal import onnx_graph
 
-    def indexer_topk_onnx(q, weights, k, k_scale, starts, ends, topk, provider):
+    def indexer_topk_onnx(q, weights, k, k_scale, starts, ends, topk, max_visible, provider):
         return onnx_graph.indexer_topk(q, weights, k, k_scale, starts, ends, topk)
 
     return indexer_topk_onnx
@@ -50,7 +58,7 @@ def onnx_translation():
 
 
 def args_reason(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor,
-                topk: int) -> Optional[str]:
+                topk: int, max_visible: Optional[int] = None) -> Optional[str]:
     """Why the arguments break the contract's shape rules (None: they keep them), shared by every provider."""
     if q.dim() != 3 or k.dim() != 2:
         return f"expected q [T, H, D] and k [S, D], got q {tuple(q.shape)}, k {tuple(k.shape)}"
@@ -64,11 +72,14 @@ def args_reason(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: 
         return f"starts / ends must be [T={T}], got {tuple(starts.shape)} / {tuple(ends.shape)}"
     if topk < 0:
         return f"topk must be >= 0, got {topk}"
+    if max_visible is not None and max_visible < 0:
+        return f"max_visible must be >= 0 (or None), got {max_visible}"
     return None
 
 
-def check_args(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int) -> None:
+def check_args(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+               max_visible: Optional[int] = None) -> None:
     """`args_reason` as a ValueError (for providers that raise on arguments outside the contract)."""
-    reason = args_reason(q, weights, k, k_scale, starts, ends, topk)
+    reason = args_reason(q, weights, k, k_scale, starts, ends, topk, max_visible)
     if reason:
         raise ValueError(f"indexer_topk: {reason}")

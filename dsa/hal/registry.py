@@ -75,6 +75,7 @@ class Provider:
     requires: Optional[Requires] = None  # the declaration; None only for test-only providers (no requirement)
     check: Callable[[Target], Reason] = _always  # extra plan-time check, run when the declaration is met
     check_args: Callable[..., Reason] = _always  # per-call check of the arguments
+    capturable: bool = False  # declared: its calls read nothing back to the host (a CUDA graph can capture them)
 
     def supported(self, target: Target) -> Reason:
         """None when this provider can run on `target`, else why not: the declaration's reason, then the
@@ -114,6 +115,7 @@ def register(
     requires: Optional[Requires] = None,
     supported: Callable[[Target], Reason] = _always,
     supports_args: Callable[..., Reason] = _always,
+    capturable: bool = False,
 ) -> Provider:
     """Register provider `name` of `op` (the one registration function of every backend).
 
@@ -124,6 +126,10 @@ def register(
     supported      an extra plan-time check, fn(target) -> reason | None, for what a declaration cannot
                    say (a vendor-specific rule); asked only when the declaration is met
     supports_args  the per-call check, fn(*op_args) -> reason | None
+    capturable     True when neither fn nor supports_args reads a tensor's values on the host or sizes an
+                   output by them (given the ops' host-side bounds, e.g. indexer_topk's max_visible), so the
+                   decode step can be captured in a CUDA graph (dsa.engine.cuda_graphs); False (the default)
+                   keeps that step eager
     """
     if op not in _PROVIDERS:
         raise ValueError(f"unknown HAL op {op!r}; the ops are {', '.join(OPS)}")
@@ -137,7 +143,7 @@ def register(
         def fn(*_args):
             raise NotImplementedError(f"{name}: {reason}")
 
-    provider = Provider(op, name, fn, backend, requires, supported, supports_args)
+    provider = Provider(op, name, fn, backend, requires, supported, supports_args, capturable)
     _PROVIDERS[op][name] = provider
     return provider
 

@@ -73,7 +73,7 @@ class Indexer(nn.Module):
 
         keys, key_scales = cache.gather_index(layer, batch)  # [S, Di], [S]
         starts, ends = batch.visible_range()  # each token sees positions 0..pos of its own sequence
-        return self.ops.indexer_topk(q, weights, keys, key_scales, starts, ends, self.topk)
+        return self.ops.indexer_topk(q, weights, keys, key_scales, starts, ends, self.topk, batch.max_seq_len)
 
 
 class MLA(nn.Module):

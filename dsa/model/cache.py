@@ -40,6 +40,7 @@ class Batch:
     cached_slots: Tensor  # [S] int64 flat slot of positions 0..seq_len-1 of every sequence, packed in order
     is_decode: bool  # every sequence has exactly one new token (T == B)
     page_size: int
+    max_seq_len: Optional[int] = None  # host int >= every seq_len (None: unknown, e.g. while tracing)
 
     @classmethod
     def build(
@@ -78,9 +79,35 @@ class Batch:
             context_lens=ctx.to(torch.int32), seq_lens=seq_lens.to(torch.int32), block_table=table,
             kv_start=kv_start, slots=_slot_of(table, seq_idx, positions, page_size),
             cached_slots=_slot_of(table, all_seq, all_pos, page_size),
-            is_decode=bool((new == 1).all()), page_size=page_size,
+            is_decode=bool((new == 1).all()), page_size=page_size, max_seq_len=max(n + c for n, c in
+                                                                                 zip(new_lens, context_lens)),
         )
         return batch.to(device) if device is not None else batch
+
+    @classmethod
+    def static_decode(cls, seq_lens: Tensor, block_table: Tensor, page_size: int) -> "Batch":
+        """A decode step (one new token per sequence, the last of each) built on the device from tensors
+        alone, with shapes that depend only on B and the table's width: what a CUDA graph captures.
+
+        seq_lens [B] int32 (>= 1, counting the new token), block_table [B, max_blocks] int32. Sequences are
+        packed at a fixed stride L = max_blocks * page_size (sequence b at rows b*L .. b*L + L - 1 of a
+        gathered cache, rows past its length masked by visible_range), so no size depends on the lengths.
+        """
+        B, max_blocks = block_table.shape
+        L = max_blocks * page_size
+        device = seq_lens.device
+        seq_idx = torch.arange(B, device=device)  # [B]
+        positions = seq_lens.long() - 1  # [B]
+        table = block_table.to(torch.int32)
+        all_seq = seq_idx.repeat_interleave(L, output_size=B * L)  # [B*L]
+        all_pos = torch.arange(L, device=device).repeat(B)  # [B*L]
+        return cls(
+            positions=positions, seq_idx=seq_idx, query_start=torch.arange(B + 1, device=device),
+            context_lens=(seq_lens - 1).to(torch.int32), seq_lens=seq_lens.to(torch.int32), block_table=table,
+            kv_start=torch.arange(B + 1, device=device) * L, slots=_slot_of(table, seq_idx, positions, page_size),
+            cached_slots=_slot_of(table, all_seq, all_pos, page_size), is_decode=True, page_size=page_size,
+            max_seq_len=L,
+        )
 
     @property
     def num_seqs(self) -> int:

@@ -105,7 +105,9 @@ class MoE(nn.Module):
         flat = experts.flatten()  # [T*k] expert of each (token, slot) pair
         order = flat.argsort(stable=True)
         token = order // self.top_k  # [T*k] token of each pair, pairs sorted by expert
-        m_sizes = torch.bincount(flat, minlength=self.n_experts)  # [E]
+        # [E] rows per expert; a scatter, not bincount, whose output size would be read from the device
+        m_sizes = torch.zeros(self.n_experts, dtype=torch.int64, device=x.device).scatter_add_(
+            0, flat, torch.ones_like(flat))
 
         xs = self._quantise(x[token])  # [T*k, D]
         h = F.silu(self._grouped(xs, "gate_proj", m_sizes, x.dtype)) * self._grouped(xs, "up_proj", m_sizes, x.dtype)

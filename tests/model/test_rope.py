@@ -77,7 +77,7 @@ def test_reference_rope_conventions_by_hand():
 def model_index_scores(runner: Runner, layer: int, T: int) -> torch.Tensor:
     """The model's index scores [T, T] of a single-sequence prefill, recomputed (fp64) from the exact
     arguments it passed to indexer_topk: score = k_scale * sum_h w * relu(q . k); -inf where not visible."""
-    (q, w, k, k_scale, starts, ends, _), _ = runner.ops.topk_calls[layer]
+    (q, w, k, k_scale, starts, ends, _, _), _ = runner.ops.topk_calls[layer]
     dots = torch.einsum("thd,sd->tsh", q.double(), k.double()).clamp_min(0)
     scores = (dots * w.double()[:, None, :]).sum(-1) * k_scale.double()[None, :]
     s = torch.arange(k.shape[0])

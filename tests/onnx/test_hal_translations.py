@@ -95,7 +95,7 @@ def test_indexer_topk_sets(fp8):
         ks = ks.squeeze(-1)
     starts = torch.tensor([0, 0, 0, 10, 10, 10], dtype=torch.int32)  # rows seeing 3 (< topk) to 10 keys
     ends = torch.tensor([3, 9, 10, 12, 20, 15], dtype=torch.int32)
-    (got,), (expected,) = run_both(lambda *a: ops.indexer_topk(*a, 8, "torch"), q, w, k, ks, starts, ends)
+    (got,), (expected,) = run_both(lambda *a: ops.indexer_topk(*a, 8, 10, "torch"), q, w, k, ks, starts, ends)
     assert got.dtype == torch.int32
     assert [sorted(r) for r in got.tolist()] == [sorted(r) for r in expected.tolist()]
 

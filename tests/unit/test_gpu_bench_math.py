@@ -110,3 +110,17 @@ def test_dense_baseline_is_attention_over_every_token():
     q, kv = torch.randn(2, 8, 1, 576, generator=g), torch.randn(2, 1, 100, 576, generator=g)
     ref = torch.softmax((q.double() @ kv.double().transpose(-1, -2)) * 576**-0.5, -1) @ kv.double()[..., :512]
     torch.testing.assert_close(dense_decode(q, kv).double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_ratio_lines_compare_dense_with_the_indexer_and_sparse_decode():
+    from dsa.bench.gpu_ops import ratio_lines
+
+    times = {("dense", 65536): 16.0, ("indexer", 65536): 1.0, ("sparse_bf16", 65536): 1.0,
+             ("sparse_fp8", 65536): 0.5, ("dense", 4096): 2.0}
+    floors = {("sparse_bf16", 65536): 0.6, ("sparse_fp8", 65536): 0.3}
+    head, *rows = ratio_lines(times, floors)
+    assert "dense/idx" in head and len(rows) == 2
+    assert rows[0].split()[:2] == ["4K", "2.000"] and rows[0].count("-") >= 5  # only dense was timed at 4K
+    cells = rows[1].split()
+    assert cells[0] == "64K" and cells[3] == "16.0x" and cells[5] == "60%" and cells[7] == "60%"
+    assert cells[8] == "8.0x"  # dense / (indexer + sparse bf16)

@@ -34,7 +34,7 @@ def _cases():
         "fp8_linear": (randn(T, 200, dtype=torch.bfloat16), w, ws, True),
         "indexer_topk": (randn(T, 4, 64).to(torch.float8_e4m3fn), torch.rand(T, 4, generator=g),
                          randn(S, 64).to(torch.float8_e4m3fn), torch.rand(S, generator=g),
-                         torch.zeros(T, dtype=torch.int32), torch.tensor([1, 3, 5, 7, 9], dtype=torch.int32), 4),
+                         torch.zeros(T, dtype=torch.int32), torch.tensor([1, 3, 5, 7, 9], dtype=torch.int32), 4, 9),
         "sparse_mla_prefill": (randn(T, H, D, dtype=torch.bfloat16), randn(S, 1, D, dtype=torch.bfloat16), idx, 0.1,
                                128),
         "sparse_mla_decode": (randn(2, 1, H, 256 + 32, dtype=torch.bfloat16), cache,

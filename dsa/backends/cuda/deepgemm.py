@@ -80,7 +80,7 @@ def _exact_scales(name: str, fn, newest: str) -> dict:
 # ---------------------------------------------------------------- per-call checks (after the declaration's module)
 
 
-def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
+def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk, max_visible=None) -> Optional[str]:
     if q.dtype != torch.float8_e4m3fn or k.dtype != torch.float8_e4m3fn:
         return f"fp8_mqa_logits takes an fp8 e4m3fn query and keys, got {q.dtype} / {k.dtype}"
     if q.shape[1] > INDEX_HEADS or q.shape[2] != INDEX_DIM:
@@ -108,7 +108,8 @@ def linear_args_reason(x, weight, weight_scale_inv, ue8m0) -> Optional[str]:
 
 
 def indexer_topk(
-    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+    max_visible: Optional[int] = None,
 ) -> Tensor:
     """HAL indexer_topk: DeepGEMM fp8_mqa_logits, then a top-k over the logits."""
     fn = _lib().fp8_mqa_logits

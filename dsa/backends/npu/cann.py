@@ -86,7 +86,7 @@ def machine_reason(target) -> Optional[str]:
     return f"this machine's NPU is {here}, the target is {target.arch}" if here != target.arch else None
 
 
-def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
+def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk, max_visible=None) -> Optional[str]:
     if q.dtype not in HALF or k.dtype != q.dtype:
         return (f"npu_lightning_indexer takes bf16 / fp16 query and keys of one dtype (no fp8 on A2 / A3), "
                 f"got {q.dtype} / {k.dtype}")
@@ -152,7 +152,8 @@ def _paged_windows(k: Tensor, starts: list[int], ends: list[int]) -> tuple[Tenso
 
 
 def indexer_topk(
-    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+    max_visible: Optional[int] = None,
 ) -> Tensor:
     """HAL indexer_topk on npu_lightning_indexer (one single-query batch per token, paged per start)."""
     lib = _lib()

@@ -133,7 +133,7 @@ def decode_args_reason(q, kv_cache, block_table, seq_lens, indices, sm_scale, d_
     return _mla_args(q, kv_cache.dtype, d_v)
 
 
-def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
+def indexer_args_reason(q, weights, k, k_scale, starts, ends, topk, max_visible=None) -> Optional[str]:
     if q.dtype != torch.float8_e4m3fn or k.dtype != torch.float8_e4m3fn:
         return f"AITER's fp8_mqa_logits takes an fp8 query and keys, got {q.dtype} / {k.dtype}"
     if q.shape[2] & (q.shape[2] - 1):
@@ -210,7 +210,8 @@ def sparse_mla_decode(q: Tensor, kv_cache: Tensor, block_table: Tensor, seq_lens
 
 
 def indexer_topk(
-    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+    max_visible: Optional[int] = None,
 ) -> Tensor:
     """HAL indexer_topk on AITER fp8_mqa_logits + top_k_per_row_prefill."""
     logits_fn = _load_first(MQA_LOGITS).fp8_mqa_logits

@@ -1,6 +1,8 @@
 """indexer_topk in plain PyTorch: chunked lightning-indexer scores, then an exact top-k with a stable tie-break."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -58,19 +60,23 @@ MERGE_SLACK_MACS = 1 << 21
 
 
 def indexer_topk(
-    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+    max_visible: Optional[int] = None,
 ) -> Tensor:
     """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk.
 
     A row that sees at most `topk` keys selects all of them whatever the scores (the contract's result is a
     set), so it is not scored: in a prompt, the first `topk` positions; in a batch of short sequences, every
-    row. Only the other rows are scored, per key window."""
-    check_args(q, weights, k, k_scale, starts, ends, topk)
+    row. Only the other rows are scored, per key window. It reads starts / ends on the host (and checks
+    them against max_visible), so it is not capturable in a CUDA graph."""
+    check_args(q, weights, k, k_scale, starts, ends, topk, max_visible)
     T = q.shape[0]
     if T == 0 or topk == 0 or k.shape[0] == 0:
         return torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
     starts32 = starts.to(torch.int32)
     counts = ends.to(torch.int32) - starts32  # [T] keys each row sees
+    if max_visible is not None and T and int(counts.max()) > max_visible:
+        raise ValueError(f"indexer_topk: a query sees {int(counts.max())} keys, more than max_visible {max_visible}")
     slot = torch.arange(topk, dtype=torch.int32, device=q.device)
     out = torch.where(slot < counts[:, None], starts32[:, None] + slot, -1).to(torch.int32)  # all visible
     scored = (counts > topk).nonzero().squeeze(1)  # [R] rows that must choose

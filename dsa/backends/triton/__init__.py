@@ -9,9 +9,11 @@ dsa.backends.triton.compile_check` compiles every kernel for sm90, sm100, gfx942
 This package registers every op's provider with dsa.hal.registry.register: the declaration
 `common.REQUIRES` (CUDA sm80+ or an AMD arch Triton targets; sparse MLA adds that the packed fp8
 cache needs sm89+ on NVIDIA: `sparse_mla.SPARSE_MLA`) and each module's per-call `*_args` check. Each
-module listed in MODULES also exposes `KERNELS` (what compile_check builds). A module that fails to
-import is an error (logged by dsa.hal.registry.load_backends). Without the `triton` package nothing
-registers, so the plan reports the provider as "not installed".
+module listed in MODULES also exposes `KERNELS` (what compile_check builds). Every provider is declared
+`capturable`: given the host-side bounds the ops take (indexer_topk's max_visible), no call reads a tensor
+on the host, so the decode step can be a CUDA graph (tests/model/test_static_decode.py proves it on CPU).
+A module that fails to import is an error (logged by dsa.hal.registry.load_backends). Without the
+`triton` package nothing registers, so the plan reports the provider as "not installed".
 
     sparse_mla    sparse_mla_prefill, sparse_mla_decode (paged; bf16 and packed fp8 cache)
     indexer       indexer_topk
@@ -45,14 +47,15 @@ if TRITON_AVAILABLE:
     from dsa.backends.triton.common import REQUIRES
     from dsa.hal.registry import register
 
-    register("act_quant", NAME, quant.act_quant, backend=NAME, requires=REQUIRES, supports_args=quant.act_quant_args)
+    register("act_quant", NAME, quant.act_quant, backend=NAME, requires=REQUIRES, supports_args=quant.act_quant_args,
+             capturable=True)
     register("fp8_linear", NAME, quant.fp8_linear, backend=NAME, requires=REQUIRES,
-             supports_args=quant.fp8_linear_args)
+             supports_args=quant.fp8_linear_args, capturable=True)
     register("indexer_topk", NAME, indexer.indexer_topk, backend=NAME, requires=REQUIRES,
-             supports_args=indexer.indexer_args)
+             supports_args=indexer.indexer_args, capturable=True)
     register("sparse_mla_prefill", NAME, sparse_mla.sparse_mla_prefill, backend=NAME, requires=sparse_mla.SPARSE_MLA,
-             supports_args=sparse_mla.prefill_args)
+             supports_args=sparse_mla.prefill_args, capturable=True)
     register("sparse_mla_decode", NAME, sparse_mla.sparse_mla_decode, backend=NAME, requires=sparse_mla.SPARSE_MLA,
-             supports_args=sparse_mla.decode_args)
+             supports_args=sparse_mla.decode_args, capturable=True)
     register("grouped_gemm", NAME, grouped_gemm.grouped_gemm, backend=NAME, requires=REQUIRES,
-             supports_args=grouped_gemm.grouped_args)
+             supports_args=grouped_gemm.grouped_args, capturable=True)

@@ -40,6 +40,7 @@ from dsa.backends.triton.numerics import (
     fp8_operand,
     next_pow2,
 )
+from dsa.hal.capture import host_reads_allowed
 from dsa.hal.indexer_topk import args_reason as contract_reason
 
 # Budget of one chunk's [Tc, S] fp32 logits (the chunk is then top-k'd and dropped).
@@ -129,7 +130,7 @@ def _kind(dtype: torch.dtype) -> int:
 
 def _tiles(T: int, h_p2: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_S, num_warps)."""
-    if INTERPRETING:  # few, large programs
+    if INTERPRETING and host_reads_allowed():  # few, large programs (their spans are read on the host)
         return max(1, min(next_pow2(T), 2048 // h_p2)), 512, 4
     # One query per program: its H heads are the MMA's M (64 for the 671B indexer) and every
     # program's keys are its own sequence's (decode batches pack many sequences).
@@ -169,18 +170,25 @@ def _launch(q, weights, k, k_scale, starts, ends, out) -> None:
 
 
 def indexer_topk(
-    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int
+    q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor, topk: int,
+    max_visible: Optional[int] = None,
 ) -> Tensor:
     """Top-`topk` visible key positions per query, int32 [T, topk], -1 padded. See dsa.hal.indexer_topk."""
-    reason = indexer_args(q, weights, k, k_scale, starts, ends, topk)
+    reason = indexer_args(q, weights, k, k_scale, starts, ends, topk, max_visible)
     if reason:
         raise ValueError(f"indexer_topk (triton): {reason}")
     T = q.shape[0]
     out = torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
     if T == 0 or topk == 0 or k.shape[0] == 0:
         return out
-    # The widest visible range (one device sync): each query's logits are a window of this width.
-    W = int((ends.long() - starts.long()).clamp_min(0).max())
+    # Each query's logits are a window of width W: the caller's bound (no sync), else the widest visible
+    # range read back from the device (one sync). The interpreter (CPU tensors) checks the bound for free.
+    if max_visible is None or (INTERPRETING and host_reads_allowed()):
+        widest = int((ends.long() - starts.long()).clamp_min(0).max())
+        if max_visible is not None and widest > max_visible:
+            raise ValueError(f"indexer_topk (triton): a query sees {widest} keys, more than max_visible "
+                             f"{max_visible}")
+    W = min(max_visible, k.shape[0]) if max_visible is not None else widest
     kk = min(topk, W)
     if kk == 0:
         return out
@@ -207,8 +215,8 @@ def indexer_logits(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, start
     return out
 
 
-def indexer_args(q, weights, k, k_scale, starts, ends, topk) -> Optional[str]:
-    reason = contract_reason(q, weights, k, k_scale, starts, ends, topk)
+def indexer_args(q, weights, k, k_scale, starts, ends, topk, max_visible=None) -> Optional[str]:
+    reason = contract_reason(q, weights, k, k_scale, starts, ends, topk, max_visible)
     if reason:
         return reason
     if q.dtype != k.dtype or q.dtype not in (FP8, torch.bfloat16, torch.float16, torch.float32):

@@ -21,7 +21,7 @@ def small_args(op: str) -> tuple:
     if op == "indexer_topk":
         starts = torch.tensor([0, 0, 0, 5, 7], dtype=torch.int32)
         ends = torch.tensor([1, 4, 5, 9, 7], dtype=torch.int32)
-        return randn((5, 2, 16), g), randn((5, 2), g), randn((12, 16), g), torch.ones(12), starts, ends, 3
+        return randn((5, 2, 16), g), randn((5, 2), g), randn((12, 16), g), torch.ones(12), starts, ends, 3, 12
     if op == "sparse_mla_prefill":
         q, kv = randn((4, 2, 80), g, torch.bfloat16), randn((10, 1, 80), g, torch.bfloat16)
         return q, kv, sparse_indices(4, 6, 10, g, [3, 6, 2, 5]), 0.1, 64

@@ -56,7 +56,8 @@ def test_indexer_topk(provider, name, H, D, kind, lens, topk):
         k[1::3] = k[0]  # every third key equals key 0
         k[5] = 0  # a key scoring exactly 0 for everyone
 
-    idx = call_op("indexer_topk", provider, q, weights, k, k_scale, starts, ends, topk)
+    # the model's bound: the longest sequence (a host int: the provider need not read starts / ends)
+    idx = call_op("indexer_topk", provider, q, weights, k, k_scale, starts, ends, topk, max(lens[0], lens[2]))
     assert idx.dtype == torch.int32 and idx.shape == (T, topk)
     ref = ref_indexer_scores(q, weights, k, k_scale, starts, ends)
     assert_topk_equivalent(idx, ref, ref_topk_count(starts, ends, topk), tie_tol=TOPK_TIE)
@@ -84,7 +85,7 @@ def test_indexer_topk_many_sequences(provider, kind):
     starts, ends = ranges_packed(MANY)
     T, S = starts.shape[0], sum(n for n, _ in MANY)
     q, weights, k, k_scale = indexer_inputs(T, S, 8, 64, kind, g)
-    idx = call_op("indexer_topk", provider, q, weights, k, k_scale, starts, ends, 32)
+    idx = call_op("indexer_topk", provider, q, weights, k, k_scale, starts, ends, 32, None)  # no bound given
     assert idx.dtype == torch.int32 and idx.shape == (T, 32)
     ref = ref_indexer_scores(q, weights, k, k_scale, starts, ends)
     assert_topk_equivalent(idx, ref, ref_topk_count(starts, ends, 32), tie_tol=TOPK_TIE)
