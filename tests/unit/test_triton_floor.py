@@ -1,5 +1,6 @@
 """The Triton kernels with the GPU machine's triton 3.6.0 (docs/model-and-ops.md, SPEC 12), not only the 3.9 the
-test extra pins: the interpreted kernel tests and the sm90 / sm100 / gfx compile check, run in a subprocess
+test extra pins: the interpreted kernel tests, the sm90 / sm100 / gfx compile check and the host-read-free
+decode step of the tiny model (tests/model/test_static_decode.py), run in a subprocess
 with triton 3.6.0 placed ahead of the venv's (pip install --target, then PYTHONPATH).
 
 Measured (2026-12-02): with numpy >= 2.3, triton 3.6.0's interpreter fails 31 of these cases ("only
@@ -21,7 +22,7 @@ pytestmark = SLOW
 REPO = Path(__file__).resolve().parents[2]
 FLOOR = ("triton==3.6.0", "numpy==2.2.6")
 TESTS = ("tests/unit/test_triton_numerics.py", "tests/unit/test_triton_sparse_mla.py",
-         "tests/unit/test_triton_compile.py")
+         "tests/unit/test_triton_compile.py", "tests/model/test_static_decode.py")
 
 
 def test_triton_kernels_pass_with_triton_3_6(tmp_path):
