@@ -106,5 +106,5 @@ def forbid_host_reads() -> Iterator[None]:
             setattr(torch.Tensor, name, method)
 
 
-__all__ = ["HOST_READ_METHODS", "HOST_READ_OPS", "HOST_WRITE_OPS", "HostReadError", "forbid_host_reads", "host_reads_allowed",
-           "static_region"]
+__all__ = ["HOST_READ_METHODS", "HOST_READ_OPS", "HOST_WRITE_OPS", "HostReadError", "forbid_host_reads",
+           "host_reads_allowed", "static_region"]
