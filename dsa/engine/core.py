@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 
 from dsa.engine.block_manager import BlockManager
-from dsa.engine.cuda_graphs import DecodeGraphs, capture_sizes
+from dsa.engine.cuda_graphs import DecodeGraphs, capture_shapes
 from dsa.engine.cuda_graphs import unavailable as cuda_graphs_unavailable
 from dsa.engine.request import Request, RequestOutput, Status, check_prompt_fits
 from dsa.engine.runner import ModelRunner
@@ -79,19 +79,19 @@ class EngineCore:
 
     def _capture(self, model, max_num_seqs: int, max_blocks: int, scratch_block: int) -> Optional[DecodeGraphs]:
         key_bytes = self.cache.index_k[0].element_size() * self.config.index_head_dim + 4  # key + its scale
-        sizes = capture_sizes(max_num_seqs, max_blocks, self.page_size, key_bytes)
-        if not sizes:
+        shapes = capture_shapes(max_num_seqs, max_blocks, self.page_size, key_bytes)
+        if not shapes:
             self.eager_reason = (f"one sequence's gathered index keys ({max_blocks * self.page_size} tokens) exceed "
                                  "the capture workspace budget")
             return None
-        graphs = DecodeGraphs(model, self.cache, sizes=sizes, max_blocks=max_blocks, scratch_block=scratch_block,
-                              device=self.device)
+        graphs = DecodeGraphs(model, self.cache, shapes=shapes, scratch_block=scratch_block, device=self.device)
         try:
             graphs.capture()
         except Exception as e:  # a provider that syncs after all, out of memory, a driver without graphs
             self.eager_reason = f"capturing the decode step failed: {type(e).__name__}: {e}"
             return None
-        log.info("decode: CUDA graphs captured for batch sizes %s", ", ".join(map(str, sizes)))
+        log.info("decode: CUDA graphs captured for batch sizes %s", "; ".join(
+            f"{', '.join(map(str, sizes))} at {w * self.page_size} tokens" for w, sizes in shapes.items()))
         return graphs
 
     @property

@@ -34,7 +34,8 @@ class ModelRunner:
                 n == 1 and r.num_computed + 1 == r.num_tokens for r, n in zip(reqs, num_new)):
             logits = self.graphs.run([r.token_ids[r.num_computed] for r in reqs], [r.num_tokens for r in reqs],
                                      [r.blocks for r in reqs])  # [B, vocab]: every row samples
-            return self._sample(reqs, logits.float().cpu())
+            if logits is not None:  # else no captured shape fits this step: it runs eagerly below
+                return self._sample(reqs, logits.float().cpu())
         ids: list[int] = []
         for req, n in zip(reqs, num_new):
             ids += req.token_ids[req.num_computed:req.num_computed + n]

@@ -9,7 +9,7 @@ import torch
 
 from dsa.engine import cuda_graphs
 from dsa.engine.args import EngineArgs
-from dsa.engine.cuda_graphs import DecodeGraphs, capture_sizes, unavailable
+from dsa.engine.cuda_graphs import DecodeGraphs, capture_shapes, capture_sizes, unavailable
 from dsa.engine.llm import LLM
 
 PROMPTS = ["def f(x):", "import os\n", "a"]
@@ -23,6 +23,23 @@ def test_capture_sizes_follow_vllm_and_the_budget():
     top = capture_sizes(256, 163840 // 64, 64, 132)[-1]
     assert top * 163840 * 132 <= cuda_graphs.GATHER_BUDGET_BYTES < (top + 8) * 163840 * 132
     assert capture_sizes(256, 10**7, 64, 132) == []
+
+
+def test_capture_shapes_bucket_the_table_width():
+    # 671B: 64-token pages, 163,840 tokens -> widths of 4K, 32K and the whole context, each within the budget
+    shapes = capture_shapes(256, 2560, 64, 132)
+    assert list(shapes) == [64, 512, 2560]
+    assert shapes[64][-1] == 256 and shapes[512][-1] == 248 and shapes[2560][-1] == 48
+    assert capture_shapes(256, 6, 16, 132) == {6: capture_sizes(256, 6, 16, 132)}  # a short context: one width
+
+
+def test_shape_for_picks_the_narrowest_width_then_the_smallest_batch():
+    g = DecodeGraphs(None, None, shapes={2: [1, 2, 4], 6: [1, 2]}, scratch_block=9, device=torch.device("cpu"))
+    assert g.max_size == 4 and g.tables[2].shape == (4, 2) and g.tables[6].shape == (4, 6)
+    assert g.shape_for(3, 1) == (4, 2) and g.shape_for(1, 2) == (1, 2)
+    assert g.shape_for(2, 5) == (2, 6) and g.shape_for(3, 5) is None and g.shape_for(1, 7) is None
+    with pytest.raises(ValueError, match="at least one"):
+        DecodeGraphs(None, None, shapes={4: []}, scratch_block=0, device=torch.device("cpu"))
 
 
 def test_unavailable_says_why(monkeypatch):
@@ -48,22 +65,24 @@ def test_enforce_eager_flag():
 
 def test_engine_decode_through_the_static_buffers_matches_eager(monkeypatch, caplog):
     eager = LLM(model="tiny", device="cpu", max_seq_len=96, enforce_eager=True)
-    want = [r.token_ids for r in eager.generate(PROMPTS, max_new_tokens=12, temperature=0)]
+    want = [r.token_ids for r in eager.generate(PROMPTS, max_new_tokens=30, temperature=0)]
     assert eager.engine.core.eager_reason == "enforce_eager is set" and eager.engine.core.runner.graphs is None
 
     # pretend capture is possible here: the engine adds the scratch block and routes decode steps through
-    # DecodeGraphs, whose uncaptured run() executes the graph body (Batch.static_decode + the model) eagerly
+    # DecodeGraphs, whose uncaptured run() executes the graph body (Batch.static_decode + the model) eagerly;
+    # a 32-token bucket under the 96-token context makes the steps move from the narrow width to the full one
     monkeypatch.setattr("dsa.engine.core.cuda_graphs_unavailable", lambda model, device: None)
     monkeypatch.setattr(DecodeGraphs, "capture", lambda self: None)
-    calls = []
-    real_run = DecodeGraphs.run
-    monkeypatch.setattr(DecodeGraphs, "run", lambda self, *a: calls.append(len(a[0])) or real_run(self, *a))
+    monkeypatch.setattr(cuda_graphs, "CONTEXT_BUCKETS", (32,))
+    used = []
+    real_step = DecodeGraphs.step
+    monkeypatch.setattr(DecodeGraphs, "step", lambda self, B, W: used.append((B, W)) or real_step(self, B, W))
     with caplog.at_level(logging.INFO, logger="dsa.engine"):
         graphs = LLM(model="tiny", device="cpu", max_seq_len=96, max_num_seqs=8)
     core = graphs.engine.core
-    assert core.runner.graphs is not None and core.runner.graphs.sizes == [1, 2, 4, 8]
+    assert core.runner.graphs is not None and core.runner.graphs.shapes == {2: [1, 2, 4, 8], 6: [1, 2, 4, 8]}
     assert core.cache.latent[0].shape[0] == core.blocks.num_blocks + 1  # the padding rows' scratch block
-    got = [r.token_ids for r in graphs.generate(PROMPTS, max_new_tokens=12, temperature=0)]
+    got = [r.token_ids for r in graphs.generate(PROMPTS, max_new_tokens=30, temperature=0)]
     assert got == want
-    assert calls and max(calls) == 3  # decode steps of all three requests replayed the size-4 body
-    assert "CUDA graphs captured for batch sizes 1, 2, 4, 8" in caplog.text
+    assert (4, 2) in used and (4, 6) in used  # three requests padded to 4, at both widths
+    assert "CUDA graphs captured for batch sizes 1, 2, 4, 8 at 32 tokens; 1, 2, 4, 8 at 96 tokens" in caplog.text
