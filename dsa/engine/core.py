@@ -88,7 +88,9 @@ class EngineCore:
         try:
             graphs.capture()
         except Exception as e:  # a provider that syncs after all, out of memory, a driver without graphs
-            self.eager_reason = f"capturing the decode step failed: {type(e).__name__}: {e}"
+            cause = e.__cause__ or e.__context__  # a sync inside the capture surfaces as "capture invalidated"
+            extra = f" (while handling {type(cause).__name__}: {cause})" if cause is not None else ""
+            self.eager_reason = f"capturing the decode step failed: {type(e).__name__}: {e}{extra}"
             return None
         log.info("decode: CUDA graphs captured for batch sizes %s", "; ".join(
             f"{', '.join(map(str, sizes))} at {w * self.page_size} tokens" for w, sizes in shapes.items()))

@@ -10,7 +10,8 @@ position 0 whose cache writes go to a scratch block no request owns.
 
 Capturing needs every chosen provider to be declared `capturable` (dsa.hal.registry): a provider that reads
 its arguments on the host (the torch provider) keeps decode eager, and the engine logs why. So does a
-non-CUDA device, a model wrapped for DP lockstep, and a capture that fails (the error is logged).
+non-CUDA device, a multi-rank layout (TP / EP collectives and the DP lockstep are not captured yet), and a
+capture that fails (the error is logged).
 
 The static packing gathers every sequence's index keys at a fixed stride (W blocks) per layer, so its cost
 grows with B x W: widths are bucketed (CONTEXT_BUCKETS tokens, then the whole context) so that short
@@ -55,6 +56,10 @@ def unavailable(model, device: torch.device) -> Optional[str]:
     """Why decode cannot be captured for this model on this device (None: it can)."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return f"CUDA graphs need a CUDA device (this engine runs on {device.type})"
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        return ("a multi-rank layout's decode is not captured yet (its collectives and the DP lockstep run "
+                "outside a graph)")
     ops = getattr(model, "ops", None)
     if ops is None or not hasattr(ops, "selections"):
         return f"the model ({type(model).__name__}) does not run its ops through one OpSet"
@@ -79,7 +84,8 @@ class DecodeGraphs:
         self.ids = torch.zeros(top, dtype=torch.long, device=device)
         self.seq_lens = torch.ones(top, dtype=torch.int32, device=device)
         self.tables = {w: torch.full((top, w), scratch_block, dtype=torch.int32, device=device) for w in shapes}
-        self.graphs: dict[tuple[int, int], tuple[object, Tensor]] = {}  # (B, W) -> (CUDAGraph, logits [B, vocab])
+        self.graphs: dict[tuple[int, int], object] = {}  # (B, W) -> CUDAGraph
+        self.logits: Optional[Tensor] = None  # [max_size, vocab] fp32, outside the graphs' pool; every graph writes it
 
     @property
     def max_size(self) -> int:
@@ -100,21 +106,26 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every shape, the largest first (their memory pool then serves the smaller ones)."""
+        """Capture every shape, the largest first (their memory pool then serves the smaller ones). Each graph
+        copies its logits into one buffer allocated outside the pool, so no graph keeps its own alive."""
         pool = None
         self._pad(0)  # every row a padding row: the warm-up and capture runs write only the scratch block
-        for B, W in sorted(((b, w) for w, sizes in self.shapes.items() for b in sizes), key=lambda s: -s[0] * s[1]):
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(stream), static_region():
-                self.step(B, W)  # warm-up: Triton compiles, the allocator settles
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool), static_region():
-                logits = self.step(B, W)
-            pool = graph.pool()
-            self.graphs[(B, W)] = (graph, logits)
-        torch.cuda.synchronize(self.device)
+        with torch.cuda.device(self.device):
+            for B, W in sorted(((b, w) for w, sizes in self.shapes.items() for b in sizes), key=lambda s: -s[0] * s[1]):
+                stream = torch.cuda.Stream(self.device)
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(stream), static_region():
+                    out = self.step(B, W)  # warm-up: Triton compiles, the allocator settles
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                if self.logits is None:
+                    self.logits = torch.empty(self.max_size, out.shape[-1], dtype=out.dtype, device=self.device)
+                del out
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool), static_region():
+                    self.logits[:B].copy_(self.step(B, W))
+                pool = graph.pool()
+                self.graphs[(B, W)] = graph
+            torch.cuda.synchronize(self.device)
 
     def _pad(self, n: int) -> None:
         self.ids[n:].zero_()
@@ -142,9 +153,8 @@ class DecodeGraphs:
         if (B, W) not in self.graphs:  # not captured (a CPU test of the buffers): run the same body eagerly
             with static_region():
                 return self.step(B, W)[:n]
-        graph, logits = self.graphs[(B, W)]
-        graph.replay()
-        return logits[:n]
+        self.graphs[(B, W)].replay()
+        return self.logits[:n]
 
 
 __all__ = ["CONTEXT_BUCKETS", "DecodeGraphs", "GATHER_BUDGET_BYTES", "MAX_CAPTURE_SIZE", "capture_shapes",

@@ -50,6 +50,9 @@ def test_unavailable_says_why(monkeypatch):
     why = unavailable(llm.model, torch.device("cuda"))  # the torch provider reads its arguments on the host
     assert "indexer_topk: torch" in why and "triton" in why
     assert "OpSet" in unavailable(torch.nn.Linear(2, 2), torch.device("cuda"))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: 2)
+    assert "multi-rank" in unavailable(llm.model, torch.device("cuda"))
 
 
 def test_enforce_eager_flag():
