@@ -1,11 +1,14 @@
 """OpSet: the providers the plan chose for every HAL op, callable as `ops.<op>(*args)`.
 
 Per call, the first provider whose `supports_args` accepts the arguments runs; a skipped provider is
-logged once with its reason, and when none accepts the call the error lists every reason.
+logged once with its reason, and when none accepts the call the error lists every reason. While a CUDA graph
+is being captured only providers declared `capturable` may run (dsa.engine.cuda_graphs).
 """
 from __future__ import annotations
 
 import logging
+
+import torch
 
 from dsa.errors import NoProviderError
 from dsa.hal import registry
@@ -29,6 +32,11 @@ HAL_OPS = {
 assert tuple(HAL_OPS) == registry.OPS
 
 
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph (a provider not declared capturable must not run)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class OpSet:
     """The providers the plan chose, callable as `ops.<op>(*args)` (args as in the op's contract)."""
 
@@ -50,8 +58,11 @@ class OpSet:
     def call(self, op: str, *args):
         sel = self.selections[op]
         reasons = []
+        capturing = _capturing()
         for provider in sel.usable:
             reason = provider.supports_args(*args)
+            if reason is None and capturing and not provider.capturable:
+                reason = "not capturable (it reads its arguments on the host) and a CUDA graph is being captured"
             if reason is None:
                 return HAL_OPS[op](*args, provider.name)
             reasons.append(f"{provider.name}: {reason}")

@@ -89,3 +89,24 @@ def test_engine_decode_through_the_static_buffers_matches_eager(monkeypatch, cap
     assert got == want
     assert (4, 2) in used and (4, 6) in used  # three requests padded to 4, at both widths
     assert "CUDA graphs captured for batch sizes 1, 2, 4, 8 at 32 tokens; 1, 2, 4, 8 at 96 tokens" in caplog.text
+
+
+def test_only_capturable_providers_run_while_a_graph_is_captured(monkeypatch):
+    from dsa.errors import NoProviderError
+    from dsa.hal import OpSet, registry
+
+    torch_quant = registry.get("act_quant", "torch")
+    captured = registry.register("act_quant", "capturable-test", torch_quant.fn, backend="test", capturable=True)
+    try:
+        x = torch.randn(2, 128)
+        plain = OpSet.single("torch")
+        both = OpSet({**plain.selections, "act_quant": registry.Selection("act_quant", [torch_quant, captured])})
+        monkeypatch.setattr("dsa.hal.opset._capturing", lambda: True)
+        with pytest.raises(NoProviderError, match="torch: not capturable .* CUDA graph is being captured"):
+            plain.act_quant(x, 128, True)
+        y, s = both.act_quant(x, 128, True)  # the torch provider is skipped, the capturable one runs
+        monkeypatch.setattr("dsa.hal.opset._capturing", lambda: False)
+        y2, s2 = plain.act_quant(x, 128, True)
+        assert torch.equal(y.float(), y2.float()) and torch.equal(s, s2)
+    finally:
+        registry.unregister("act_quant", "capturable-test")
