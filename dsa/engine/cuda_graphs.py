@@ -20,7 +20,6 @@ would pass GATHER_BUDGET_BYTES. A step that fits no captured shape runs eagerly.
 """
 from __future__ import annotations
 
-import logging
 from typing import Optional, Sequence
 
 import torch
@@ -28,8 +27,6 @@ from torch import Tensor
 
 from dsa.hal.capture import static_region
 from dsa.model.cache import Batch, PagedCache
-
-log = logging.getLogger("dsa.engine")
 
 MAX_CAPTURE_SIZE = 512  # vLLM's default largest captured decode batch
 GATHER_BUDGET_BYTES = 1 << 30  # one layer's index keys gathered at the fixed stride, at the largest size
@@ -47,7 +44,8 @@ def capture_sizes(max_num_seqs: int, max_blocks: int, page_size: int, key_bytes:
 def capture_shapes(max_num_seqs: int, max_blocks: int, page_size: int, key_bytes: int) -> dict[int, list[int]]:
     """Block-table width (blocks) -> batch sizes to capture at it: the CONTEXT_BUCKETS below the full context,
     then the full context (max_blocks). A width whose budget admits no batch size is left out."""
-    widths = sorted({-(-t // page_size) for t in CONTEXT_BUCKETS if -(-t // page_size) < max_blocks} | {max_blocks})
+    buckets = {-(-t // page_size) for t in CONTEXT_BUCKETS}  # in blocks
+    widths = sorted({w for w in buckets if w < max_blocks} | {max_blocks})
     shapes = {w: capture_sizes(max_num_seqs, w, page_size, key_bytes) for w in widths}
     return {w: sizes for w, sizes in shapes.items() if sizes}
 
@@ -80,17 +78,12 @@ class DecodeGraphs:
             raise ValueError("DecodeGraphs needs at least one (width, batch size) to capture")
         self.model, self.cache, self.device = model, cache, device
         self.shapes, self.scratch = dict(sorted(shapes.items())), scratch_block
-        top = max(max(s) for s in shapes.values())
+        self.max_size = top = max(max(s) for s in shapes.values())  # the largest batch any width captured
         self.ids = torch.zeros(top, dtype=torch.long, device=device)
         self.seq_lens = torch.ones(top, dtype=torch.int32, device=device)
         self.tables = {w: torch.full((top, w), scratch_block, dtype=torch.int32, device=device) for w in shapes}
         self.graphs: dict[tuple[int, int], object] = {}  # (B, W) -> CUDAGraph
         self.logits: Optional[Tensor] = None  # [max_size, vocab] fp32, outside the graphs' pool; every graph writes it
-
-    @property
-    def max_size(self) -> int:
-        """The largest batch any width captured."""
-        return max(max(s) for s in self.shapes.values())
 
     def shape_for(self, n: int, blocks: int) -> Optional[tuple[int, int]]:
         """The captured (B, W) a step of n sequences, the longest holding `blocks` blocks, replays (None: none fits)."""

@@ -58,10 +58,9 @@ class OpSet:
     def call(self, op: str, *args):
         sel = self.selections[op]
         reasons = []
-        capturing = _capturing()
         for provider in sel.usable:
             reason = provider.supports_args(*args)
-            if reason is None and capturing and not provider.capturable:
+            if reason is None and not provider.capturable and _capturing():
                 reason = "not capturable (it reads its arguments on the host) and a CUDA graph is being captured"
             if reason is None:
                 return HAL_OPS[op](*args, provider.name)

@@ -75,8 +75,10 @@ def indexer_topk(
         return torch.full((T, topk), -1, dtype=torch.int32, device=q.device)
     starts32 = starts.to(torch.int32)
     counts = ends.to(torch.int32) - starts32  # [T] keys each row sees
-    if max_visible is not None and T and int(counts.max()) > max_visible:
-        raise ValueError(f"indexer_topk: a query sees {int(counts.max())} keys, more than max_visible {max_visible}")
+    if max_visible is not None:  # T > 0 here
+        widest = int(counts.max())
+        if widest > max_visible:
+            raise ValueError(f"indexer_topk: a query sees {widest} keys, more than max_visible {max_visible}")
     slot = torch.arange(topk, dtype=torch.int32, device=q.device)
     out = torch.where(slot < counts[:, None], starts32[:, None] + slot, -1).to(torch.int32)  # all visible
     scored = (counts > topk).nonzero().squeeze(1)  # [R] rows that must choose
