@@ -126,3 +126,16 @@ def test_detector_lets_static_code_run():
         y = x.topk(2).values + x.repeat_interleave(2, output_size=12)[:2] + x.shape[0]
         z = torch.zeros(3, dtype=torch.int64).scatter_add_(0, x % 3, torch.ones_like(x))
     assert y.tolist() == [11, 10] and z.tolist() == [2, 2, 2]
+
+
+@pytest.mark.parametrize("name", ["torch", "triton"])
+def test_a_bound_below_the_visible_keys_is_refused(name):
+    """Providers that read starts / ends anyway (torch; triton under the interpreter) check max_visible."""
+    if name == "triton" and not _have_triton():
+        pytest.skip("needs the triton package with TRITON_INTERPRET=1 (kernels on CPU tensors)")
+    fn = registry.get("indexer_topk", name).fn
+    q, w, k = torch.randn(2, 2, 16), torch.rand(2, 2), torch.randn(10, 16)
+    starts, ends = torch.tensor([0, 0], dtype=torch.int32), torch.tensor([4, 10], dtype=torch.int32)
+    assert fn(q, w, k, torch.ones(10), starts, ends, 3, 10).shape == (2, 3)
+    with pytest.raises(ValueError, match="sees 10 keys, more than max_visible 9"):
+        fn(q, w, k, torch.ones(10), starts, ends, 3, 9)
