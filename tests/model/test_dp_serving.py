@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import rank_exit
 import torch
 import torch.multiprocessing as mp
 
@@ -176,6 +177,7 @@ def _worker(rank: int, world: int, port: int, ckpt: Path, out: Path, layouts: li
     from dsa.engine.serving import run_follower
     from dsa.model.parallel_groups import ParallelGroups
 
+    rank_exit.start()
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -193,8 +195,10 @@ def _worker(rank: int, world: int, port: int, ckpt: Path, out: Path, layouts: li
                 results[name] = {"follower": run_follower(setup, model, tokenizer, groups), "group": groups.dp_rank,
                                  "tp_rank": groups.tp_rank}
         (out / f"rank{rank}.pkl").write_bytes(pickle.dumps(results))
-    finally:
+    except BaseException:
         launch.shutdown(groups)
+        raise
+    rank_exit.finish(lambda: launch.shutdown(groups))
 
 
 def _run(world: int, layouts: list, ckpt: Path, out: Path, timeout: float) -> list[dict]:

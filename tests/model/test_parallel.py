@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import rank_exit
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -71,6 +72,7 @@ def _greedy(model, prompt: int, groups=None) -> list[int]:
 
 
 def _worker(rank: int, world: int, port: int, ckpts: dict, out: Path, layouts: dict) -> None:
+    rank_exit.start()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -86,8 +88,10 @@ def _worker(rank: int, world: int, port: int, ckpts: dict, out: Path, layouts: d
         except ConfigError as err:
             results["error"] = str(err)
         torch.save(results, out / f"rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    rank_exit.finish()
 
 
 def _free_port() -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import rank_exit
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -59,6 +60,7 @@ def _greedy(ckpt: Path, groups, prompt: list[int], dtype: torch.dtype) -> list[i
 
 
 def _worker(rank: int, world: int, port: int, ckpt: Path, out: Path) -> None:
+    rank_exit.start()
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -69,8 +71,10 @@ def _worker(rank: int, world: int, port: int, ckpt: Path, out: Path) -> None:
             for d, dtype in DTYPES.items():
                 results[(name, d)] = (p, _greedy(ckpt, groups, prompts[p], dtype))
         torch.save(results, out / f"rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    rank_exit.finish()
 
 
 @pytest.fixture(scope="module")
