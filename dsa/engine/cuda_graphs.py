@@ -79,6 +79,7 @@ class DecodeGraphs:
         self.model, self.cache, self.device = model, cache, device
         self.shapes, self.scratch = dict(sorted(shapes.items())), scratch_block
         self.max_size = top = max(max(s) for s in shapes.values())  # the largest batch any width captured
+        # static inputs, every row padding until a step fills it: token 0 at position 0 in the scratch block
         self.ids = torch.zeros(top, dtype=torch.long, device=device)
         self.seq_lens = torch.ones(top, dtype=torch.int32, device=device)
         self.tables = {w: torch.full((top, w), scratch_block, dtype=torch.int32, device=device) for w in shapes}
@@ -99,10 +100,10 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Capture every shape, the largest first (their memory pool then serves the smaller ones). Each graph
-        copies its logits into one buffer allocated outside the pool, so no graph keeps its own alive."""
-        pool = None
-        self._pad(0)  # every row a padding row: the warm-up and capture runs write only the scratch block
+        """Capture every shape (once, before any run), the largest first (their memory pool then serves the
+        smaller ones). Each graph copies its logits into one buffer allocated outside the pool, so no graph
+        keeps its own alive."""
+        pool = None  # the static rows are all padding still: warm-up and capture write only the scratch block
         with torch.cuda.device(self.device):
             for B, W in sorted(((b, w) for w, sizes in self.shapes.items() for b in sizes), key=lambda s: -s[0] * s[1]):
                 stream = torch.cuda.Stream(self.device)
@@ -120,12 +121,6 @@ class DecodeGraphs:
                 self.graphs[(B, W)] = graph
             torch.cuda.synchronize(self.device)
 
-    def _pad(self, n: int) -> None:
-        self.ids[n:].zero_()
-        self.seq_lens[n:].fill_(1)
-        for table in self.tables.values():
-            table[n:].fill_(self.scratch)
-
     def run(self, token_ids: Sequence[int], seq_lens: Sequence[int],
             block_tables: Sequence[Sequence[int]]) -> Optional[Tensor]:
         """One decode step (each sequence's new token, its length counting it, its blocks) -> logits [n, vocab]
@@ -136,13 +131,17 @@ class DecodeGraphs:
         if shape is None:
             return None
         B, W = shape
-        table = torch.full((n, W), self.scratch, dtype=torch.int32)
+        # the B rows the graph reads, built on the host with rows n.. as padding, then one copy each
+        ids = torch.zeros(B, dtype=torch.long)
+        ids[:n] = torch.tensor(list(token_ids), dtype=torch.long)
+        lens = torch.ones(B, dtype=torch.int32)
+        lens[:n] = torch.tensor(list(seq_lens), dtype=torch.int32)
+        table = torch.full((B, W), self.scratch, dtype=torch.int32)
         for i, blocks in enumerate(block_tables):
             table[i, :len(blocks)] = torch.tensor(list(blocks), dtype=torch.int32)
-        self.ids[:n].copy_(torch.tensor(list(token_ids), dtype=torch.long), non_blocking=True)
-        self.seq_lens[:n].copy_(torch.tensor(list(seq_lens), dtype=torch.int32), non_blocking=True)
-        self.tables[W][:n].copy_(table, non_blocking=True)
-        self._pad(n)
+        self.ids[:B].copy_(ids, non_blocking=True)
+        self.seq_lens[:B].copy_(lens, non_blocking=True)
+        self.tables[W][:B].copy_(table, non_blocking=True)
         if (B, W) not in self.graphs:  # not captured (a CPU test of the buffers): run the same body eagerly
             with static_region():
                 return self.step(B, W)[:n]

@@ -30,7 +30,7 @@ class ModelRunner:
     def run(self, plan: StepPlan) -> tuple[list[Request], list[int], list[Optional[TokenLogprob]]]:
         """Compute the plan's tokens; returns the requests that sampled, their tokens and logprobs."""
         reqs, num_new = plan.requests, plan.num_new
-        if self.graphs is not None and len(reqs) <= self.graphs.max_size and all(
+        if self.graphs is not None and all(
                 n == 1 and r.num_computed + 1 == r.num_tokens for r, n in zip(reqs, num_new)):
             logits = self.graphs.run([r.token_ids[r.num_computed] for r in reqs], [r.num_tokens for r in reqs],
                                      [r.blocks for r in reqs])  # [B, vocab]: every row samples
