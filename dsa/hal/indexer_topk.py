@@ -83,3 +83,12 @@ def check_args(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: T
     reason = args_reason(q, weights, k, k_scale, starts, ends, topk, max_visible)
     if reason:
         raise ValueError(f"indexer_topk: {reason}")
+
+
+def widest_visible(starts: Tensor, ends: Tensor, max_visible: Optional[int] = None, who: str = "indexer_topk") -> int:
+    """max(ends - starts, 0) over the queries (T >= 1), read on the host (one sync off the CPU), for providers
+    that read starts / ends anyway; raises ValueError (prefixed `who`) when it exceeds max_visible."""
+    widest = int((ends.long() - starts.long()).clamp_min(0).max())
+    if max_visible is not None and widest > max_visible:
+        raise ValueError(f"{who}: a query sees {widest} keys, more than max_visible {max_visible}")
+    return widest

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from dsa.backends.torch import chunks
 from dsa.backends.torch.blocks import fp8_has_nan, fp8_to_float, to_float
-from dsa.hal.indexer_topk import check_args
+from dsa.hal.indexer_topk import check_args, widest_visible
 
 # Chunk sizes (chunks.current(), read per call): keys scored at a time (`keys`, 4096, see scores) and
 # queries per chunk (`queries`, by default what fits the ~64 MiB budget: peak memory does not grow with T).
@@ -76,9 +76,7 @@ def indexer_topk(
     starts32 = starts.to(torch.int32)
     counts = ends.to(torch.int32) - starts32  # [T] keys each row sees
     if max_visible is not None:  # T > 0 here
-        widest = int(counts.max())
-        if widest > max_visible:
-            raise ValueError(f"indexer_topk: a query sees {widest} keys, more than max_visible {max_visible}")
+        widest_visible(starts, ends, max_visible)
     slot = torch.arange(topk, dtype=torch.int32, device=q.device)
     out = torch.where(slot < counts[:, None], starts32[:, None] + slot, -1).to(torch.int32)  # all visible
     scored = (counts > topk).nonzero().squeeze(1)  # [R] rows that must choose

@@ -3,6 +3,8 @@
     REQUIRES                   the declaration (dsa.hal.capability): CUDA sm80+ or an AMD arch Triton targets
     tensors_reason(*tensors)   -> None, or why these tensors cannot go to a Triton kernel here
     INTERPRETING               True when TRITON_INTERPRET=1 was set before triton kernels were defined
+    may_read_host()            True when a provider may read its (CPU) tensors on the host for a shortcut:
+                               interpreting, and outside a static region (dsa.hal.capture)
 
 Triton decides between compiling and interpreting when a `@triton.jit` function is defined, from the
 environment at that moment; `INTERPRETING` reads that decision off a probe kernel defined here, so it
@@ -17,6 +19,7 @@ import triton
 from triton.runtime.interpreter import InterpretedFunction
 
 from dsa.hal.capability import Requires
+from dsa.hal.capture import host_reads_allowed
 
 
 @triton.jit
@@ -25,6 +28,12 @@ def _probe():
 
 
 INTERPRETING = isinstance(_probe, InterpretedFunction)
+
+
+def may_read_host() -> bool:
+    """Whether an interpreter-only shortcut may read tensors on the host here (never in a captured step)."""
+    return INTERPRETING and host_reads_allowed()
+
 
 NO_GPU = "needs a CUDA or ROCm GPU (TRITON_INTERPRET=1 runs it on CPU tensors for tests)"
 

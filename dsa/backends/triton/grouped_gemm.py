@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from dsa.backends.triton.common import INTERPRETING, tensors_reason
+from dsa.backends.triton.common import INTERPRETING, may_read_host, tensors_reason
 from dsa.backends.triton.numerics import (
     FP8,
     FP8_FP16,
@@ -40,7 +40,6 @@ from dsa.backends.triton.numerics import (
     fp8_operand,
     next_pow2,
 )
-from dsa.hal.capture import host_reads_allowed
 from dsa.hal.fp8 import num_blocks
 from dsa.hal.grouped_gemm import args_reason as contract_reason
 
@@ -187,7 +186,7 @@ def gemm_launch(
         x_arg, w_arg = x, w
     block_m, block_n, block_k = _tiles(M, E, N, fp8)
     warps, stages = _warps_stages(block_m, bool(getattr(torch.version, "hip", None)))
-    if INTERPRETING and E and host_reads_allowed():  # CPU tensors: reading m_sizes is free; fit BLOCK_M
+    if E and may_read_host():  # CPU tensors: reading m_sizes is free; fit BLOCK_M
         block_m = max(16, min(64, next_pow2(int(m_sizes.max()))))
     upcast = not fp8 and INTERPRETING and x.dtype == torch.bfloat16
     ieee = not fp8 and (x.dtype == torch.float32 or upcast)

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from dsa.backends.triton.common import INTERPRETING, tensors_reason
+from dsa.backends.triton.common import INTERPRETING, may_read_host, tensors_reason
 from dsa.backends.triton.numerics import (
     FP8,
     FP8_F32,
@@ -40,8 +40,8 @@ from dsa.backends.triton.numerics import (
     fp8_operand,
     next_pow2,
 )
-from dsa.hal.capture import host_reads_allowed
 from dsa.hal.indexer_topk import args_reason as contract_reason
+from dsa.hal.indexer_topk import widest_visible
 
 # Budget of one chunk's [Tc, S] fp32 logits (the chunk is then top-k'd and dropped).
 _CHUNK_BYTES = 512 * 1024 * 1024
@@ -130,7 +130,7 @@ def _kind(dtype: torch.dtype) -> int:
 
 def _tiles(T: int, h_p2: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_S, num_warps)."""
-    if INTERPRETING and host_reads_allowed():  # few, large programs (their spans are read on the host)
+    if may_read_host():  # few, large programs (their spans are read on the host)
         return max(1, min(next_pow2(T), 2048 // h_p2)), 512, 4
     # One query per program: its H heads are the MMA's M (64 for the 671B indexer) and every
     # program's keys are its own sequence's (decode batches pack many sequences).
@@ -183,11 +183,8 @@ def indexer_topk(
         return out
     # Each query's logits are a window of width W: the caller's bound (no sync), else the widest visible
     # range read back from the device (one sync). The interpreter (CPU tensors) checks the bound for free.
-    if max_visible is None or (INTERPRETING and host_reads_allowed()):
-        widest = int((ends.long() - starts.long()).clamp_min(0).max())
-        if max_visible is not None and widest > max_visible:
-            raise ValueError(f"indexer_topk (triton): a query sees {widest} keys, more than max_visible "
-                             f"{max_visible}")
+    if max_visible is None or may_read_host():
+        widest = widest_visible(starts, ends, max_visible, "indexer_topk (triton)")
     W = min(max_visible, k.shape[0]) if max_visible is not None else widest
     kk = min(topk, W)
     if kk == 0:
@@ -208,7 +205,7 @@ def indexer_topk(
 def indexer_logits(q: Tensor, weights: Tensor, k: Tensor, k_scale: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
     """Windowed scores [T, W] fp32, W = max(ends - starts): column c of query t is key starts[t] + c
     (-inf where c >= ends[t] - starts[t]). For benchmarks and tests; indexer_topk chunks the same."""
-    W = max(0, int((ends.long() - starts.long()).max())) if q.shape[0] else 0
+    W = widest_visible(starts, ends) if q.shape[0] else 0
     out = torch.empty((q.shape[0], W), dtype=torch.float32, device=q.device)
     if q.shape[0] and W and k.shape[0]:
         _launch(q.contiguous(), weights, k.contiguous(), k_scale, starts, ends, out)
