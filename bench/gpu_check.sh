@@ -89,8 +89,8 @@ model() {
     mkdir -p "$OUT/.profile"
     "$PY" - "$DEVICE" "$OUT/.profile/torch-only.yaml" <<'EOF'
 import sys, yaml
-from dsa.planning.device_profile import DEVICES_DIR
-raw = yaml.safe_load((DEVICES_DIR / f"{sys.argv[1]}.yaml").read_text())
+from dsa.planning.device_profile import profile_path
+raw = yaml.safe_load(profile_path(sys.argv[1]).read_text())
 raw["name"], raw["providers"] = "torch-only", {op: ["torch"] for op in raw["providers"]}
 open(sys.argv[2], "w").write(yaml.safe_dump(raw))
 EOF

@@ -113,6 +113,12 @@ def list_profiles(directory: str | Path | None = None) -> list[str]:
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
     """Load a profile by name (dsa/configs/devices/NAME.yaml) or from a path to a .yaml file."""
+    path = profile_path(name_or_path)
+    return parse_profile(_read_yaml(path), path)
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    """The .yaml file a profile name (dsa/configs/devices/NAME.yaml) or path names; ProfileError if absent."""
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text
     if looks_like_path:
@@ -127,7 +133,7 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
                 f"unknown device profile {text!r}; available: {names}. To add one, copy a profile in "
                 f"{_display(DEVICES_DIR)}/ to {text}.yaml, set `name: {text}` and edit it (or pass --device PATH.yaml)"
             )
-    return parse_profile(_read_yaml(path), path)
+    return path
 
 
 def _display(path: Path) -> str:
@@ -353,5 +359,5 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-__all__ = ["DeviceProfile", "KVCacheSpec", "LayoutSpec", "load_profile", "list_profiles", "parse_profile",
-           "known_provider_names", "DEVICES_DIR", "MAX_NODES", "check_node_count", "node_count_problem"]
+__all__ = ["DeviceProfile", "KVCacheSpec", "LayoutSpec", "load_profile", "profile_path", "list_profiles",
+           "parse_profile", "known_provider_names", "DEVICES_DIR", "MAX_NODES", "check_node_count", "node_count_problem"]
