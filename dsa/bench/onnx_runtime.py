@@ -99,9 +99,9 @@ def run(contexts: list[int], chunk: int, decodes: int, threads: int, log: Callab
             ids = torch.randint(2, vocab, (context + decodes,), generator=gen).tolist()
             chunks = [ids[i:min(i + chunk, context)] for i in range(0, context, chunk)]
             row = {"context": context, "chunk": chunk, "decodes": decodes}
-            paths = {"torch": _TorchPath(model, max_len), "onnx": None}
+            torch_path = _TorchPath(model, max_len)
             onnx_cache = onnx_model.new_cache()
-            steps = {"torch": paths["torch"].step, "onnx": lambda t: onnx_model.step(t, onnx_cache)}
+            steps = {"torch": torch_path.step, "onnx": lambda t: onnx_model.step(t, onnx_cache)}
             prefill = {"torch": 0.0, "onnx": 0.0}
             for c in chunks:  # interleaved chunk by chunk: the machine's load falls on both alike
                 for name in ("torch", "onnx"):

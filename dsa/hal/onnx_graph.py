@@ -24,7 +24,6 @@ from onnxscript import opset19 as op
 from dsa.hal import registry
 from dsa.hal.fp8 import FP8_E4M3_MAX, SCALE_FLOOR, num_blocks
 
-MIN_OPSET = 19  # Cast to / from FLOAT8E4M3FN
 FLOAT, INT64, INT32 = ir.DataType.FLOAT, ir.DataType.INT64, ir.DataType.INT32
 FP8, BF16, UINT8 = ir.DataType.FLOAT8E4M3FN, ir.DataType.BFLOAT16, ir.DataType.UINT8
 WEIGHT_BLOCK = 128  # fp8 weights: 128 x 128 scale blocks; activations of fp8 GEMMs: 1 x 128

@@ -12,8 +12,9 @@ import torch
 def _sort_stable(x, stable=None, dim: int = -1, descending: bool = False):
     from onnxscript import opset19 as op
 
-    n = op.Shape(x, start=dim) if dim == -1 else op.Shape(x, start=dim, end=dim + 1)
-    values, indices = op.TopK(x, n, axis=dim, largest=1 if descending else 0, sorted=1)
+    from dsa.hal.onnx_graph import dim as shape_dim
+
+    values, indices = op.TopK(x, shape_dim(x, dim), axis=dim, largest=1 if descending else 0, sorted=1)
     return values, indices
 
 

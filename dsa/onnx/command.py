@@ -45,18 +45,18 @@ def _size(path: Path) -> str:
 
 def cmd_export(args) -> int:
     from dsa.engine.args import EngineArgs
-    from dsa.onnx.export import MODEL_FILE, check_exportable, check_out_dir, export_onnx
+    from dsa.onnx.export import MODEL_FILE, check_exportable, check_out_dir, export_setup
 
     require("onnx", "onnxscript", "onnxruntime")
-    engine_args = EngineArgs.from_cli(args).replace(device=args.device)
-    check_exportable(engine_args, args.opset)  # every refusal before any work
+    engine_args = EngineArgs.from_cli(args)
+    setup = check_exportable(engine_args, args.opset)  # every refusal before any work
     out = args.out.expanduser()
     check_out_dir(out, args.overwrite)  # before any work; the export itself goes to a sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     t0 = time.perf_counter()
     try:
-        export_onnx(engine_args, partial, opset=args.opset, overwrite=False, progress=None)
+        export_setup(setup, partial, opset=args.opset, overwrite=False, progress=None)
         if out.exists():
             shutil.rmtree(out)
         partial.rename(out)

@@ -36,12 +36,12 @@ import torch
 
 from dsa.engine.args import FLAGS, EngineArgs
 from dsa.errors import InputError, OutputDirError
+from dsa.onnx.runner import FORMAT, META_FILE, MODEL_FILE
 
 DEFAULT_OPSET = 21
 MIN_OPSET = 19  # Cast to / from FLOAT8E4M3FN (dsa.hal.onnx_graph)
 MAX_OPSET = 23
 EXPORT_DTYPES = ("fp32", "fp16")  # bf16 MatMul / Gather are missing from onnxruntime's CPU provider
-MODEL_FILE, META_FILE = "model.onnx", "onnx.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json")
 SAMPLE_TOKENS, SAMPLE_PAST = 3, 5  # the traced shapes (not 0 or 1, which torch.export would specialise)
 
@@ -127,13 +127,21 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 def export_onnx(args: EngineArgs, out_dir: str | Path, *, opset: int = DEFAULT_OPSET, overwrite: bool = False,
                 progress: Optional[bool] = False) -> Path:
     """Export the model `args` describes into `out_dir` (see the module docstring); returns out_dir."""
+    import onnx  # noqa: F401  (a missing onnx / onnxscript fails before the checks, as it always has)
+    import onnxscript  # noqa: F401
+
+    return export_setup(check_exportable(args, opset), out_dir, opset=opset, overwrite=overwrite, progress=progress)
+
+
+def export_setup(setup, out_dir: str | Path, *, opset: int = DEFAULT_OPSET, overwrite: bool = False,
+                 progress: Optional[bool] = False) -> Path:
+    """export_onnx after its checks: `setup` is what check_exportable(args, opset) returned, for the same opset."""
     import onnx
 
     from dsa.hal.onnx_graph import translation_table
     from dsa.onnx.aten_ops import aten_table
     from dsa.onnx.graph import OnnxGraph, input_names, output_names
 
-    setup = check_exportable(args, opset)
     out_dir = Path(out_dir).expanduser()
     _prepare_out_dir(out_dir, overwrite)
     config, dtype = setup.config, setup.dtype
@@ -169,7 +177,7 @@ def _write_side_files(setup, out_dir: Path, opset: int, fp8_weights: bool) -> No
                 shutil.copy2(source.checkpoint_dir / name, out_dir / name)
     eos = config.eos_token_id
     meta = {
-        "format": "dsa-onnx/1", "model": source.name, "opset": opset, "dtype": setup.args.dtype or "fp32",
+        "format": FORMAT, "model": source.name, "opset": opset, "dtype": setup.args.dtype,
         "num_layers": config.num_hidden_layers, "latent_dim": config.latent_dim,
         "index_head_dim": config.index_head_dim, "vocab_size": config.vocab_size,
         "index_topk": config.index_topk, "max_seq_len": setup.max_seq_len,

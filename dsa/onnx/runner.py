@@ -115,7 +115,7 @@ def generate(model: str | Path | OnnxModel, prompt_ids: Sequence[int], max_new_t
         raise InputError(f"the prompt has {len(ids)} tokens but the export holds {onnx_model.max_seq_len} "
                          "positions; shorten the prompt or export with a larger --max-seq-len")
     stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(onnx_model.eos_token_ids))
-    generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+    generator = params.make_generator()
     cache = onnx_model.new_cache()
     step = ids
     for _ in range(params.max_new_tokens):
