@@ -360,4 +360,5 @@ def _divisors(n: int) -> list[int]:
 
 
 __all__ = ["DeviceProfile", "KVCacheSpec", "LayoutSpec", "load_profile", "profile_path", "list_profiles",
-           "parse_profile", "known_provider_names", "DEVICES_DIR", "MAX_NODES", "check_node_count", "node_count_problem"]
+           "parse_profile", "known_provider_names", "DEVICES_DIR", "MAX_NODES", "check_node_count",
+           "node_count_problem"]
