@@ -38,7 +38,7 @@ from torch import Tensor
 
 from dsa.errors import InputError
 from dsa.train.data import BOS_ID, EOS_ID, eval_windows
-from dsa.train.passkeys import KEY_RANGE, newline_table, word_pool
+from dsa.train.passkeys import KEY_RANGE, encode_pair, line_starts, newline_table, word_pool
 
 MODES = ("dense", "sparse")
 
@@ -200,9 +200,8 @@ class _Code:
         return self.ids[p:p + length]
 
     def line_starts(self, code: Tensor, lo: int, hi: int) -> list[int]:
-        """Offsets in [lo, hi] of `code` where a line starts (after a newline token)."""
-        at = [i + 1 for i in range(max(0, lo - 1), min(hi, code.numel()) ) if bool(self.newline[code[i]])]
-        return [i for i in at if lo <= i <= hi] or [lo]
+        """Offsets in [lo, hi] of `code` where a line starts (after a newline token); [lo] when none does."""
+        return line_starts(self.newline, code, lo, hi) or [lo]
 
 
 def retrieval_cases(held: HeldOut, context: int, topk: int, n: int, candidates: int, seed: int) -> list[Case]:
@@ -218,9 +217,7 @@ def retrieval_cases(held: HeldOut, context: int, topk: int, n: int, candidates: 
         name = f"KEY_{rng.randrange(*KEY_RANGE)}"
         cands = rng.sample(pool, candidates)
         answer = cands[0]
-        head = tok.encode(f'{name} = "', add_special_tokens=False).ids
-        definition = head + [answer] + tok.encode('"\n', add_special_tokens=False).ids
-        query = tok.encode(f'\n{name} = "', add_special_tokens=False).ids
+        head, definition, query = encode_pair(tok, name, answer)
         filler = context - 1 - len(definition) - len(query)
         if filler < 2 * topk:
             return []
@@ -310,18 +307,18 @@ def indexer_recall(pair: Pair, stream: Tensor, context: int, windows: int) -> di
     """Per layer, the share of the dense attention mass (summed over heads) on the indexer's top-k, over the
     rows of `windows` held-out windows that see more than top-k keys (none at context <= top-k: recall 1)."""
     from dsa.train.graph import TrainGraph
-    from dsa.train.losses import attention_recall, oracle_recall
+    from dsa.train.losses import recall_sums
 
     graph = TrainGraph(pair.models["sparse"])
     layers = pair.models["sparse"].config.num_hidden_layers
     mass, best, rows = [0.0] * layers, [0.0] * layers, 0
     for w in eval_windows(stream, context, windows):
         out = graph(w[None, :-1].long(), mode="dense", want_aux=True)
-        for i, aux in enumerate(out.aux):
-            r, n = attention_recall(aux, pair.topk)
-            mass[i] += r * n if n else 0.0
-            best[i] += oracle_recall(aux, pair.topk)[0] * n if n else 0.0
-        rows += attention_recall(out.aux[0], pair.topk)[1]
+        layer_mass, layer_best, n = recall_sums(out.aux, pair.topk)
+        for i, (m, b) in enumerate(zip(layer_mass, layer_best)):
+            mass[i] += m
+            best[i] += b
+        rows += n
     per_layer = [m / rows if rows else float("nan") for m in mass]
     ceiling = [b / rows if rows else float("nan") for b in best]
     return {"context": context, "windows": windows, "rows": rows, "recall_per_layer": per_layer,

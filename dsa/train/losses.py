@@ -6,8 +6,11 @@ recall of the dense attention mass.
     indexer_kl(aux, restrict=True)    sparse stage: the same KL on each row's selected set S_t only
     attention_recall(aux, k)          share of p_t that falls on the top-k keys of I_t (rows that see > k keys)
     oracle_recall(aux, k)             the best any selection of k keys can do: p_t's own top-k mass (same rows)
+    recall_sums(aux_per_layer, k)     both, times their rows, per layer: one forward's terms of a mean over many
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,4 +65,17 @@ def oracle_recall(aux: LayerAux, k: int) -> tuple[float, int]:
     return float(mass[rows].mean()), int(rows.sum())
 
 
-__all__ = ["lm_loss", "indexer_kl", "attention_recall", "oracle_recall"]
+@torch.no_grad()
+def recall_sums(aux: Sequence[LayerAux], k: int, empty: float = 0.0) -> tuple[list[float], list[float], int]:
+    """One forward's (attention_recall x rows, oracle_recall x rows) per layer, for a mean over many forwards,
+    and the rows (the first layer's). `empty`: a layer's terms when it has no such rows."""
+    mass, best, rows = [], [], []
+    for a in aux:
+        r, n = attention_recall(a, k)
+        mass.append(r * n if n else empty)
+        best.append(oracle_recall(a, k)[0] * n if n else empty)
+        rows.append(n)
+    return mass, best, rows[0]
+
+
+__all__ = ["lm_loss", "indexer_kl", "attention_recall", "oracle_recall", "recall_sums"]

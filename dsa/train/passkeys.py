@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -39,6 +40,26 @@ def newline_table(tok) -> Tensor:
     return torch.tensor([tok.decode([t]).endswith("\n") for t in range(tok.get_vocab_size())])
 
 
+def line_starts(newline: Tensor, code: Tensor, lo: int, hi: int) -> list[int]:
+    """Offsets in [lo, hi] of `code` where a line starts (right after a token `newline` marks), ascending; []
+    when there are none."""
+    first = max(0, lo - 1)
+    after = newline[code[first:max(first, min(hi, code.numel()))]].nonzero().flatten() + first + 1
+    return [i for i in after.tolist() if lo <= i <= hi]
+
+
+def _encode(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False).ids
+
+
+def encode_pair(tok, name: str, word: int, close: Optional[list[int]] = None) -> tuple[list[int], list[int], list[int]]:
+    """The one passkey format, as ids: (head, definition, query) with head `{name} = "`, definition head + word +
+    `"\n`, query `\n{name} = "` (it stops where the word is asked for). `close`: the ids of `"\n` when the caller
+    has them already."""
+    head = _encode(tok, f'{name} = "')
+    return head, head + [word] + (_encode(tok, '"\n') if close is None else close), _encode(tok, f'\n{name} = "')
+
+
 class PasskeyMixer:
     """Puts one definition / query pair into each window with probability `rate` (windows keep their length:
     the tail of the original text is dropped). Deterministic from `seed`."""
@@ -50,15 +71,13 @@ class PasskeyMixer:
         self.pool = word_pool(tok)
         self.newline = newline_table(tok)
         self.rng = random.Random(f"passkeys-{seed}")
-
-    def _encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
+        self.close = _encode(tok, '"\n')  # the same ids in every pair
 
     def pair(self) -> tuple[list[int], list[int]]:
         """(definition ids, query ids) of a fresh name and word; the query ends with the word and its quote."""
         name, word = f"KEY_{self.rng.randrange(*KEY_RANGE)}", self.rng.choice(self.pool)
-        tail = [word] + self._encode('"\n')
-        return self._encode(f'{name} = "') + tail, self._encode(f'\n{name} = "') + tail
+        _, definition, query = encode_pair(self.tok, name, word, self.close)
+        return definition, query + [word] + self.close
 
     def mix(self, row: Tensor) -> Tensor:
         """row [n] -> [n]: the definition at a line start in the first half, the query somewhere after the
@@ -68,8 +87,7 @@ class PasskeyMixer:
         if room < 8:
             return row
         body = row[:room]
-        nl = self.newline[body[:-1].clamp(0, self.newline.numel() - 1)]
-        starts = [i + 1 for i in nl.nonzero().flatten().tolist() if i + 1 <= room // 2]
+        starts = line_starts(self.newline, body.clamp(0, self.newline.numel() - 1), 0, room // 2)
         at = self.rng.choice(starts) if starts else self.rng.randrange(room // 2 + 1)
         ask = self.rng.randrange(at + (room - at) // 2, room + 1)
         return torch.cat([body[:at], torch.tensor(definition, dtype=row.dtype), body[at:ask],
@@ -82,4 +100,4 @@ class PasskeyMixer:
         return torch.stack([self.mix(r) if self.rng.random() < self.rate else r for r in ids])
 
 
-__all__ = ["PasskeyMixer", "word_pool", "newline_table", "WORD", "KEY_RANGE"]
+__all__ = ["PasskeyMixer", "word_pool", "newline_table", "line_starts", "encode_pair", "WORD", "KEY_RANGE"]

@@ -24,7 +24,7 @@ import torch
 from dsa.model.config import ModelConfig
 from dsa.model.transformer import DeepseekV32
 from dsa.train.graph import TrainGraph, indexer_parameters, trainable
-from dsa.train.losses import attention_recall, indexer_kl, lm_loss, oracle_recall
+from dsa.train.losses import indexer_kl, lm_loss, recall_sums
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,11 @@ def evaluate(model: DeepseekV32, windows: torch.Tensor) -> dict:
         d = g(w[:, :-1], mode="dense", want_aux=True)
         dense_loss += float(lm_loss(d.logits, w))
         sparse_loss += float(lm_loss(g(w[:, :-1], mode="sparse").logits, w))
-        for i, aux in enumerate(d.aux):
-            r, n = attention_recall(aux, k)
-            recalls[i] += r * n
-            ceilings[i] += oracle_recall(aux, k)[0] * n
-        rows += attention_recall(d.aux[0], k)[1]
+        mass, best, n = recall_sums(d.aux, k, empty=float("nan"))  # nan: as a layer's recall x 0 rows
+        for i, (m, b) in enumerate(zip(mass, best)):
+            recalls[i] += m
+            ceilings[i] += b
+        rows += n
     n = len(windows)
     return {"dense_loss": dense_loss / n, "sparse_loss": sparse_loss / n,
             "recall_per_layer": [r / rows if rows else float("nan") for r in recalls],
