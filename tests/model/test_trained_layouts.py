@@ -33,10 +33,10 @@ BF16_AGREEMENT = 16  # greedy tokens identical to one process before the first d
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PROMPTS = ('def parse_args(argv=None):\n    """Parse the command line."""\n    parser = ',
            'class Cache:\n    def __init__(self, size):\n        self.size = size\n        self.items = ')
-LAYOUTS = {  # name: (tp, dp_attention, ep, weights)
-    "tp2": (2, 1, 1, "bf16"),
-    "tp2-ep2": (2, 1, 2, "bf16"),
-    "dp2-ep2": (1, 2, 2, "bf16"),
+LAYOUTS = {  # name: (tp, dp_attention, ep)
+    "tp2": (2, 1, 1),
+    "tp2-ep2": (2, 1, 2),
+    "dp2-ep2": (1, 2, 2),
 }
 
 
@@ -65,7 +65,7 @@ def _worker(rank: int, world: int, port: int, ckpt: Path, out: Path) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         prompts, results = _prompt_ids(ckpt), {}
-        for name, (tp, dp, ep, _weights) in LAYOUTS.items():
+        for name, (tp, dp, ep) in LAYOUTS.items():
             groups = ParallelGroups.create(tp, dp, ep)
             p = groups.dp_rank % len(prompts)  # DP groups serve different prompts
             for d, dtype in DTYPES.items():

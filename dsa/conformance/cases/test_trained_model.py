@@ -13,17 +13,17 @@ the check, in the dtypes users run:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from dsa.conformance.model_helpers import Runner
+from dsa.configs import MODELS_DIR
+from dsa.conformance.model_helpers import PAGE, Runner
 from dsa.conformance.reference.compare import assert_close, assert_topk_equivalent
 from dsa.conformance.reference.model_ref import reference_logits
 from dsa.model.config import ModelConfig
 
-MINI = Path(__file__).resolve().parents[2] / "configs" / "models" / "mini"
+MINI = MODELS_DIR / "mini"
 NEW_TOKENS = 32
 TOL = dict(atol=1e-3, rtol=1e-3, cos_eps=1e-8)  # fp32 model vs fp64 reference; trained logits reach ~20
 # Greedy tokens (of NEW_TOKENS, after the prompt) identical to the fp32 / bf16-cache run before the first
@@ -91,15 +91,15 @@ def _as(cfg, w: dict, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) if specs[k][1] == torch.bfloat16 else v for k, v in w.items()}
 
 
-def _greedy(cfg, w, ids, **kw) -> tuple[Runner, torch.Tensor, list[int]]:
-    """(runner, prompt logits [T, V], NEW_TOKENS greedy tokens) through prefill + one-token decodes."""
-    blocks = -(-(ids.numel() + NEW_TOKENS) // 16) + 1
+def _greedy(cfg, w, ids, **kw) -> list[int]:
+    """NEW_TOKENS greedy tokens through prefill + one-token decodes."""
+    blocks = -(-(ids.numel() + NEW_TOKENS) // PAGE) + 1
     r = Runner(cfg, _as(cfg, w, kw.get("dtype", torch.float32)), num_blocks=blocks, **kw)
     logits = r.step({"s": ids})["s"].float()
     out = [int(logits[-1].argmax())]
     while len(out) < NEW_TOKENS:
         out.append(int(r.step({"s": torch.tensor([out[-1]])})["s"][-1].float().argmax()))
-    return r, logits, out
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def fp32_run(mini):
 def test_prompt_logits_equal_the_fp64_reference(mini):
     cfg, raw, w, ids = mini
     T = ids.numel()
-    r = Runner(cfg, w, num_blocks=-(-T // 16))
+    r = Runner(cfg, w, num_blocks=-(-T // PAGE))
     got = r.step({"s": ids})["s"]
     masks = [r.selection_mask("s", layer, T) for layer in range(cfg.num_hidden_layers)]
     ref, aux = reference_logits(raw, w, ids, sparse=True, selections=masks, return_aux=True)
@@ -127,7 +127,7 @@ def test_greedy_generation_equals_the_fp64_reference(mini, fp32_run):
     """The 32 generated tokens fed back through the reference in one pass: at every generated position the
     reference's argmax is the token the model chose next (the reference's own greedy sequence)."""
     cfg, raw, w, ids = mini
-    _, _, tokens = fp32_run
+    tokens = fp32_run
     full = torch.cat([ids, torch.tensor(tokens)])
     ref = reference_logits(raw, w, full, sparse=True)
     T = ids.numel()
@@ -143,8 +143,8 @@ def test_greedy_generation_equals_the_fp64_reference(mini, fp32_run):
 ])
 def test_reduced_precision_greedy_agrees(mini, fp32_run, name, kw):
     cfg, _, w, ids = mini
-    _, _, want = fp32_run
-    _, _, got = _greedy(cfg, w, ids, **kw)
+    want = fp32_run
+    got = _greedy(cfg, w, ids, **kw)
     same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), NEW_TOKENS)
     assert same >= AGREEMENT[name], f"{name}: {same} of {NEW_TOKENS} greedy tokens agree with fp32 before the first " \
                                     f"difference (stated: at least {AGREEMENT[name]})"
