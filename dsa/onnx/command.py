@@ -109,7 +109,7 @@ def run_onnx(directory: Path, prompt: str, params, write: Callable[[str], None],
     write(clean_text(prompt))
     t0 = time.perf_counter()
     last = t0
-    for token in generate(model, ids, params=params):
+    for token in generate(model, ids, params=params, stats=stats):
         now = time.perf_counter()
         if stats.decode_tokens == 0:
             stats.prefill_seconds = now - t0
@@ -120,12 +120,6 @@ def run_onnx(directory: Path, prompt: str, params, write: Callable[[str], None],
         stats.decode_tokens += 1
         write(stream.push(token))
     write(stream.flush() + "\n")
-    if stats.decode_tokens >= params.max_new_tokens:
-        stats.stop_reason = "length"
-    elif len(ids) + stats.decode_tokens >= model.max_seq_len:
-        stats.stop_reason = "context"
-    else:
-        stats.stop_reason = "eos"
     print(f"[{stats.summary()}]", flush=True)
     return 0
 

@@ -95,11 +95,13 @@ class RowCache:
 
 
 def generate(model: str | Path | OnnxModel, prompt_ids: Sequence[int], max_new_tokens: Optional[int] = None, *,
-             params: Optional[SamplingParams] = None, threads: Optional[int] = None) -> Iterator[int]:
+             params: Optional[SamplingParams] = None, threads: Optional[int] = None, stats=None) -> Iterator[int]:
     """Yield the generated token ids one by one (greedy unless `params` says otherwise).
 
-    model: an export directory or an OnnxModel. max_new_tokens overrides params.max_new_tokens. Stops at eos
-    (unless params.ignore_eos), a stop token, max_new_tokens, or the exported context limit."""
+    model: an export directory or an OnnxModel. max_new_tokens overrides params.max_new_tokens. Stops by the
+    engine's rules (dsa.engine.core): at eos (unless params.ignore_eos) or a stop token (neither is yielded),
+    after max_new_tokens, or when prompt + output fill the exported context. `stats` (e.g. a
+    dsa.engine.engine.GenerationStats), if given, gets the stop_reason: eos | stop_token | length | context."""
     onnx_model = model if isinstance(model, OnnxModel) else OnnxModel(model, threads)
     params = params or SamplingParams(temperature=0.0)
     if max_new_tokens is not None:
@@ -114,17 +116,22 @@ def generate(model: str | Path | OnnxModel, prompt_ids: Sequence[int], max_new_t
     if len(ids) >= onnx_model.max_seq_len:
         raise InputError(f"the prompt has {len(ids)} tokens but the export holds {onnx_model.max_seq_len} "
                          "positions; shorten the prompt or export with a larger --max-seq-len")
-    stops = set(params.stop_token_ids) | (set() if params.ignore_eos else set(onnx_model.eos_token_ids))
+    eos = set() if params.ignore_eos else set(onnx_model.eos_token_ids)
     generator = params.make_generator()
     cache = onnx_model.new_cache()
-    step = ids
-    for _ in range(params.max_new_tokens):
+    step, produced = ids, 0
+    while True:
         logits = onnx_model.step(step, cache)
         token = sample(torch.from_numpy(logits[-1]), params, generator)
-        if token in stops:
-            return
-        yield token
-        if cache.length + 1 > onnx_model.max_seq_len:  # no room for the next token's row
+        reason = "eos" if token in eos else "stop_token" if token in params.stop_token_ids else None
+        if reason is None:
+            yield token
+            produced += 1
+            reason = ("length" if produced >= params.max_new_tokens
+                      else "context" if len(ids) + produced >= onnx_model.max_seq_len else None)
+        if reason is not None:
+            if stats is not None:
+                stats.stop_reason = reason
             return
         step = [token]
 

@@ -167,3 +167,30 @@ def test_seeded_sampling_reproducible(exported):
     params = SamplingParams(temperature=0.8, top_p=0.9, seed=3, max_new_tokens=8, ignore_eos=True)
     first = list(generate(exported, [5, 17, 99], params=params, threads=1))
     assert len(first) == 8 and first == list(generate(exported, [5, 17, 99], params=params, threads=1))
+
+
+def test_stops_where_the_engine_stops(exported, torch_model):
+    """The export's generate ends by the engine's rules: prompt + output fill the context (as `dsa run`), a stop
+    token is not yielded and is reported as stop_token, max_new_tokens is length."""
+    from dsa.engine.engine import Engine, GenerationStats
+    from dsa.engine.sampling import SamplingParams
+    from dsa.onnx.runner import generate
+
+    prompt = [5, 17, 99]
+    params = SamplingParams(temperature=0.0, max_new_tokens=100, ignore_eos=True)
+    engine = Engine(torch_model, torch_model.config, page_size=PAGE, kv_cache_dtype="bf16", dtype=torch.float32,
+                    max_seq_len=MAX_SEQ_LEN)
+    by_engine = list(engine.generate(prompt, params))
+    stats = GenerationStats()
+    out = list(generate(exported, prompt, params=params, threads=1, stats=stats))
+    assert len(prompt) + len(out) == MAX_SEQ_LEN == len(prompt) + len(by_engine)
+    assert stats.stop_reason == engine.last_stats.stop_reason == "context"
+
+    stop = out[5]
+    stats = GenerationStats()
+    cut = list(generate(exported, prompt, params=SamplingParams(temperature=0.0, max_new_tokens=100, ignore_eos=True,
+                                                                 stop_token_ids=[stop]), threads=1, stats=stats))
+    assert cut == out[:out.index(stop)] and stats.stop_reason == "stop_token"
+    stats = GenerationStats()
+    assert list(generate(exported, prompt, 4, params=params, threads=1, stats=stats)) == out[:4]
+    assert stats.stop_reason == "length"
