@@ -16,8 +16,9 @@
 #                then decode at B64: dense SDPA vs the indexer and the sparse MLA (the targets' ratios)
 # OUT_DIR/summary.txt: one line per stage (exit status, seconds). At most 7 files in all.
 #
-# Environment: DSA_GPU_CHECK_DEVICE (profile, default h200), DSA_GPU_CHECK_QUICK=1 (conformance only the
-# indexer cases, gpu_ops skipped: the CPU smoke run of tests/unit/test_gpu_check.py), PYTHON (default python3).
+# Environment: DSA_GPU_CHECK_DEVICE (profile name or .yaml path, default h200), DSA_GPU_CHECK_QUICK=1
+# (conformance only the indexer cases, gpu_ops skipped: the CPU smoke run of tests/unit/test_gpu_check.py),
+# PYTHON (default python3).
 set -uo pipefail
 
 OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
